@@ -1,0 +1,30 @@
+"""asyncpool: an asyncio-native worker pool and job dispatcher.
+
+Coroutine workers pull jobs from their own inboxes, registered in an
+idle-worker queue; one dispatcher loop routes jobs from a bounded queue to
+them; an `asyncio.TaskGroup` owns every task. See `Dispatcher`.
+"""
+
+from __future__ import annotations
+
+from ._dispatcher import Dispatcher
+from ._errors import AsyncPoolError, DispatcherClosed, JobTimeout, QueueFull
+from ._handle import JobHandle
+from ._job import AsyncJob, Job, JobState, SyncJob
+from ._stats import Stats
+
+__all__ = (
+    "AsyncJob",
+    "AsyncPoolError",
+    "Dispatcher",
+    "DispatcherClosed",
+    "Job",
+    "JobHandle",
+    "JobState",
+    "JobTimeout",
+    "QueueFull",
+    "Stats",
+    "SyncJob",
+)
+
+__version__ = "0.1.0"

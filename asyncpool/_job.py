@@ -1,0 +1,163 @@
+"""What a job is: the `Job` protocol, the `JobState` enum, and how `submit`'s input becomes a call.
+
+`classify` is the only place that decides how a submitted thing runs (on the
+event loop or in a worker thread), so that every bad input is rejected by
+`submit` itself, before anything is queued.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from types import FunctionType
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+__all__ = ("AsyncJob", "Job", "JobState", "SyncJob")
+
+T_co = TypeVar("T_co", covariant=True)
+
+_CO_COROUTINE = inspect.CO_COROUTINE
+
+
+class JobState(enum.Enum):
+    """Where a job is in its life. Every job ends in exactly one final state."""
+
+    QUEUED = "queued"
+    """Accepted, waiting for a worker."""
+    RUNNING = "running"
+    """A worker is running it."""
+    SUCCEEDED = "succeeded"
+    """Final: it returned a result."""
+    FAILED = "failed"
+    """Final: it raised an exception."""
+    CANCELLED = "cancelled"
+    """Final: it was cancelled, before or while running."""
+
+    @property
+    def is_final(self) -> bool:
+        """True for SUCCEEDED, FAILED and CANCELLED."""
+        return self in _FINAL_STATES
+
+
+_FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+@runtime_checkable
+class Job(Protocol[T_co]):
+    """Anything with a `process()` method: the seed's `Job` interface.
+
+    `process` may be `async def` (it runs on the event loop, in a worker) or a
+    plain function (it runs in a worker thread, since it may block). Many job
+    types can go through one dispatcher; nothing has to inherit from anything.
+
+    Example:
+        ```python
+        class Resize:
+            def __init__(self, path: str) -> None:
+                self.path = path
+
+            async def process(self) -> int:
+                ...
+        ```
+    """
+
+    def process(self) -> Awaitable[T_co] | T_co:
+        """Do the job's work and return its result."""
+        ...
+
+
+class AsyncJob(abc.ABC, Job[T_co]):
+    """An abstract base for jobs whose `process` is a coroutine, for those who like inheritance."""
+
+    @abc.abstractmethod
+    async def process(self) -> T_co:
+        """Do the job's work on the event loop and return its result."""
+
+
+class SyncJob(abc.ABC, Job[T_co]):
+    """An abstract base for blocking jobs; `process` runs in a worker thread."""
+
+    @abc.abstractmethod
+    def process(self) -> T_co:
+        """Do the job's (blocking) work in a worker thread and return its result."""
+
+
+# How a call runs. Kept as small ints: the worker branches on them once per job.
+ON_LOOP = 0
+"""`fn(*args, **kwargs)` returns an awaitable that the worker awaits."""
+IN_THREAD = 1
+"""`fn(*args, **kwargs)` is blocking and runs in a worker thread."""
+CORO_OBJECT = 2
+"""`fn` is a coroutine object; the worker awaits it once."""
+
+
+def _is_async_callable(fn: object) -> bool:
+    # The common case (a plain `async def` function) is decided without inspect.
+    if type(fn) is FunctionType:
+        return bool(fn.__code__.co_flags & _CO_COROUTINE)
+    if inspect.iscoroutinefunction(fn):
+        return True
+    # Instances with `async def __call__`.
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - we want the method, not callable()
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def classify(
+    target: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[int, Callable[..., Any] | Coroutine[Any, Any, Any]]:
+    """Decide how a submitted thing runs, or reject it.
+
+    Returns:
+        A `(how, fn)` pair: `how` is `ON_LOOP`, `IN_THREAD` or `CORO_OBJECT`;
+        `fn` is what the worker calls with `args` and `kwargs` (or awaits, for
+        a coroutine object).
+
+    Raises:
+        TypeError: `target` is not a job, a callable or a coroutine object, or
+            arguments were given with a job object or a coroutine object.
+    """
+    if inspect.iscoroutine(target):
+        if args or kwargs:
+            raise TypeError(
+                "submit() got a coroutine object and extra arguments; pass either "
+                "a coroutine object alone, or a coroutine function with its arguments"
+            )
+        return CORO_OBJECT, target
+    process = getattr(target, "process", None)
+    if process is not None and not isinstance(target, type):
+        if not callable(process):
+            raise TypeError(
+                f"submit() got {_describe(target)} whose 'process' attribute is not callable"
+            )
+        if args or kwargs:
+            raise TypeError(
+                f"submit() got a Job ({type(target).__name__}) and extra arguments; "
+                "a Job carries its own data: set it on the object instead"
+            )
+        return (ON_LOOP if _is_async_callable(process) else IN_THREAD), process
+    if isinstance(target, type) and hasattr(target, "process"):
+        raise TypeError(
+            f"submit() got the class {target.__name__}, not an instance: "
+            f"submit({target.__name__}(...)) instead"
+        )
+    if isinstance(target, Awaitable):
+        raise TypeError(
+            f"submit() got {_describe(target)}, an awaitable that is not a coroutine "
+            "object; it is already scheduled elsewhere: await it directly"
+        )
+    if callable(target):
+        return (ON_LOOP if _is_async_callable(target) else IN_THREAD), target
+    raise TypeError(
+        f"submit() takes a Job (an object with a process() method), a coroutine "
+        f"function or a callable with its arguments, or a coroutine object; "
+        f"got {_describe(target)}"
+    )

@@ -1,0 +1,172 @@
+"""A worker: one coroutine with its own inbox, running one job at a time.
+
+This is the seed's `Worker`: it registers its inbox with the dispatcher's
+idle-worker queue, waits for a job on the inbox, runs it, and registers
+again, whatever the job did. A lost registration would shrink the pool for
+good, so the loop has exactly one place where it registers, at its top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+
+from ._handle import JobHandle
+from ._job import CORO_OBJECT, ON_LOOP, JobState
+
+if TYPE_CHECKING:
+    from ._dispatcher import Dispatcher
+
+__all__ = ("Inbox", "Worker")
+
+_QUEUED = JobState.QUEUED
+
+Inbox = asyncio.Queue[JobHandle[Any] | None]
+"""A worker's inbox. `None` tells the worker to stop."""
+
+
+class Worker:
+    """One worker of a dispatcher: an inbox and the coroutine that serves it."""
+
+    __slots__ = ("dispatcher", "index", "inbox", "current")
+
+    def __init__(self, dispatcher: Dispatcher, index: int) -> None:
+        self.dispatcher = dispatcher
+        self.index = index
+        self.inbox: Inbox = asyncio.Queue()
+        self.current: JobHandle[Any] | None = None
+        """The job this worker is running, if any."""
+
+    async def run(self) -> None:
+        """Serve the inbox until told to stop.
+
+        Raises:
+            KeyboardInterrupt, SystemExit: raised by a job; they tear the
+                dispatcher down, as in `asyncio.TaskGroup`.
+            asyncio.CancelledError: the worker itself was cancelled (its task
+                group is shutting down).
+        """
+        dispatcher = self.dispatcher
+        inbox = self.inbox
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            while True:
+                handle = dispatcher._next_job_for(inbox)
+                if handle is None:
+                    if dispatcher._stopping:
+                        return
+                    handle = await inbox.get()
+                    if handle is None:
+                        return
+                    if handle._job_state is not _QUEUED:
+                        continue  # cancelled after it was handed over
+                if dispatcher._cancelling:
+                    dispatcher._finish_cancelled(handle, None)
+                    continue
+                self.current = handle
+                dispatcher._job_started(handle, task)
+                try:
+                    how = handle._how
+                    if how == ON_LOOP:
+                        kwargs = handle._kwargs
+                        if kwargs:
+                            result = await handle._fn(*handle._args, **kwargs)
+                        else:
+                            result = await handle._fn(*handle._args)
+                    elif how == CORO_OBJECT:
+                        result = await handle._fn
+                    else:
+                        result = await self._run_in_thread(handle)
+                except asyncio.CancelledError as exc:
+                    self.current = None
+                    if handle._cancel_requested:
+                        task.uncancel()
+                    dispatcher._finish_cancelled(handle, exc.args[0] if exc.args else None)
+                    if task.cancelling():
+                        raise  # the worker itself is being cancelled, not just the job
+                except (KeyboardInterrupt, SystemExit) as exc:
+                    self.current = None
+                    dispatcher._finish_failed(handle, exc, fatal=True)
+                    raise
+                except BaseException as exc:
+                    self.current = None
+                    dispatcher._finish_failed(handle, exc, fatal=False)
+                else:
+                    self.current = None
+                    if handle._cancel_requested:
+                        # The job swallowed its cancellation and returned: like
+                        # a task, it succeeded. Balance our cancel() request.
+                        task.uncancel()
+                    dispatcher._finish_succeeded(handle, result)
+                if task.cancelling():
+                    # A cancellation of the worker itself was swallowed by the
+                    # job: honour it now rather than leave the group waiting.
+                    raise asyncio.CancelledError
+        finally:
+            self._release_inbox()
+
+    def _release_inbox(self) -> None:
+        # Jobs handed over but never started when the worker stops (it was
+        # cancelled) must still end in a final state: nothing is lost.
+        inbox = self.inbox
+        while not inbox.empty():
+            handle = inbox.get_nowait()
+            if handle is not None and handle._job_state is _QUEUED:
+                self.dispatcher._finish_cancelled(handle, None)
+
+    async def _run_in_thread(self, handle: JobHandle[Any]) -> Any:
+        """Run a blocking job in a worker thread and wait for it.
+
+        A thread cannot be interrupted. When the job is cancelled, this still
+        waits for the thread to return, so that a worker never has more than
+        one thread and no thread outlives the dispatcher; then it re-raises
+        the cancellation, and the thread's outcome is discarded.
+        """
+        loop = asyncio.get_running_loop()
+        returned = loop.create_future()
+        fn: Callable[..., Any] = handle._fn
+        args = handle._args
+        kwargs = handle._kwargs or {}
+
+        def call() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                loop.call_soon_threadsafe(_resolve, returned)
+
+        try:
+            result = await anyio.to_thread.run_sync(call, limiter=self.dispatcher._thread_limiter)
+        except asyncio.CancelledError:
+            await _wait_uninterrupted(returned)
+            raise
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            if asyncio.iscoroutine(result):
+                result.close()
+            raise TypeError(
+                f"{_name(fn)} is not a coroutine function, so it ran in a worker "
+                "thread, but it returned an awaitable; declare it 'async def'"
+            )
+        return result
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _wait_uninterrupted(future: asyncio.Future[None]) -> None:
+    # Further cancellations while we wait are folded into the one the caller
+    # re-raises; the task's cancel count keeps them for whoever cares.
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            continue
+
+
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
