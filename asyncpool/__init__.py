@@ -5,8 +5,6 @@ idle-worker queue; one dispatcher loop routes jobs from a bounded queue to
 them; an `asyncio.TaskGroup` owns every task. See `Dispatcher`.
 """
 
-from __future__ import annotations
-
 from ._dispatcher import Dispatcher
 from ._errors import AsyncPoolError, DispatcherClosed, JobTimeout, QueueFull
 from ._handle import JobHandle

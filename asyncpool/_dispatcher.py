@@ -19,7 +19,6 @@ The shape is the Go seed's, done in asyncio:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import math
@@ -35,7 +34,7 @@ from ._errors import DispatcherClosed, QueueFull
 from ._handle import JobHandle
 from ._job import ON_LOOP, JobState, classify
 from ._stats import Stats
-from ._worker import Inbox, Worker
+from ._worker import Inbox, Worker, wait_through_cancellation
 
 __all__ = ("Dispatcher",)
 
@@ -180,6 +179,7 @@ class Dispatcher:
         self._backlog = 0
         self._dead = 0
         self._putters: deque[asyncio.Future[None]] = deque()
+        self._reserved = 0  # places promised to woken submitters not yet back
 
         # Counters behind stats(); `_queued` counts jobs not started yet,
         # whether still in the job queue or already handed to a worker.
@@ -321,6 +321,13 @@ class Dispatcher:
                     group.create_task(worker.run(), name=f"{label} worker {worker.index}")
                 group.create_task(self._dispatch_loop(), name=f"{label} loop")
                 ready.set_result(None)
+        except (KeyboardInterrupt, SystemExit):
+            # A job raised it in a worker, and the worker's task has already
+            # sent it out of the event loop (asyncio tasks re-raise these two).
+            # The group re-raises it here; raising it a second time would only
+            # escape the loop again, in the middle of the application's own
+            # shutdown.
+            pass
         finally:
             if not ready.done():
                 ready.cancel()
@@ -407,8 +414,12 @@ class Dispatcher:
             self._stop_workers()
             await asyncio.shield(runner)
         except asyncio.CancelledError:
+            # Like TaskGroup's exit: a cancelled caller still does not leave
+            # before the dispatcher's tasks are gone; the jobs are cancelled
+            # so that this is quick, then the cancellation propagates.
             self._cancel_all()
             self._stop_workers()
+            await wait_through_cancellation(runner)
             raise
 
     async def _exit_fail_fast(
@@ -518,7 +529,7 @@ class Dispatcher:
                 closing or closed), including when it closes while waiting.
         """
         how, fn = self._prepare(target, args, kwargs)
-        if self._queue_size and (self._backlog >= self._queue_size or self._putters):
+        if not self._has_room():
             try:
                 await self._wait_for_room()
             except BaseException:
@@ -549,10 +560,11 @@ class Dispatcher:
             DispatcherClosed: as for `submit`.
         """
         how, fn = self._prepare(target, args, kwargs)
-        if self._queue_size and self._backlog >= self._queue_size:
+        if not self._has_room():
             _close_if_coroutine(fn)
             raise QueueFull(
-                f"{self._label()}'s job queue is full ({self._queue_size} jobs waiting)"
+                f"the job queue of {self._label()} is full "
+                f"(queue_size={self._queue_size}, all places taken or promised)"
             )
         return self._enqueue(how, fn, args, kwargs)
 
@@ -593,33 +605,40 @@ class Dispatcher:
         return DispatcherClosed(f"cannot submit: {self._label()} is {state}{hint}")
 
     async def _wait_for_room(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._backlog >= self._queue_size or self._putters:
-            putter = loop.create_future()
-            self._putters.append(putter)
-            try:
-                await putter
-            except BaseException:
-                putter.cancel()
-                with contextlib.suppress(ValueError):  # already woken and removed
-                    self._putters.remove(putter)
-                # If we were woken and then cancelled, pass the wake-up on.
-                if self._backlog < self._queue_size:
-                    self._wake_putters()
-                raise
-            if self._lifecycle is not _Lifecycle.RUNNING:
-                raise self._closed_error()
-            if self._backlog < self._queue_size:
-                return
+        """Wait, first come first served, until a place in the job queue is ours.
+
+        A woken submitter has a place reserved for it (`_reserved`), so no
+        later `submit` or `submit_nowait` can take it first.
+        """
+        putter = asyncio.get_running_loop().create_future()
+        self._putters.append(putter)
+        try:
+            await putter
+        except BaseException:
+            if putter.done() and not putter.cancelled():
+                # Woken, then cancelled before taking the place: pass it on.
+                self._reserved -= 1
+                self._wake_putters()
+            else:
+                self._putters.remove(putter)
+            raise
+        self._reserved -= 1
+        if self._lifecycle is not _Lifecycle.RUNNING:
+            raise self._closed_error()
+
+    def _has_room(self) -> bool:
+        """True if a new job may be queued now without jumping a waiting submitter."""
+        return not self._queue_size or (
+            not self._putters and self._backlog + self._reserved < self._queue_size
+        )
 
     def _wake_putters(self, *, everyone: bool = False) -> None:
         putters = self._putters
-        room = len(putters) if everyone else self._queue_size - self._backlog
+        room = len(putters) if everyone else self._queue_size - self._backlog - self._reserved
         while putters and room > 0:
-            putter = putters.popleft()
-            if not putter.done():
-                putter.set_result(None)
-                room -= 1
+            putters.popleft().set_result(None)
+            self._reserved += 1
+            room -= 1
 
     def _enqueue(
         self, how: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -739,7 +758,8 @@ class Dispatcher:
         _future_set_exception(handle, exc)
         if fatal:
             handle._log_traceback = False  # it propagates; reporting it again would be noise
-            self._errors.append(exc)
+            if self._fail_fast:
+                self._errors.append(exc)  # re-raised by __aexit__, as TaskGroup does
         elif self._fail_fast:
             handle._log_traceback = False  # reported once, in the ExceptionGroup
             self._errors.append(exc)

@@ -141,7 +141,7 @@ class Worker:
         try:
             result = await anyio.to_thread.run_sync(call, limiter=self.dispatcher._thread_limiter)
         except asyncio.CancelledError:
-            await _wait_uninterrupted(returned)
+            await wait_through_cancellation(returned)
             raise
         if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
             if asyncio.iscoroutine(result):
@@ -158,9 +158,12 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def _wait_uninterrupted(future: asyncio.Future[None]) -> None:
-    # Further cancellations while we wait are folded into the one the caller
-    # re-raises; the task's cancel count keeps them for whoever cares.
+async def wait_through_cancellation(future: asyncio.Future[Any]) -> None:
+    """Wait for `future` to finish, through any number of cancellations.
+
+    The caller re-raises the cancellation afterwards; further cancel requests
+    stay counted on the task (`Task.cancelling()`) for whoever cares.
+    """
     while not future.done():
         try:
             await asyncio.shield(future)
