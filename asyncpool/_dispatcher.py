@@ -19,6 +19,7 @@ The shape is the Go seed's, done in asyncio:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
@@ -620,7 +621,9 @@ class Dispatcher:
                 self._reserved -= 1
                 self._wake_putters()
             else:
-                self._putters.remove(putter)
+                # Cancelled while waiting; _wake_putters may have dropped it already.
+                with contextlib.suppress(ValueError):
+                    self._putters.remove(putter)
             raise
         self._reserved -= 1
         if self._lifecycle is not _Lifecycle.RUNNING:
@@ -636,7 +639,10 @@ class Dispatcher:
         putters = self._putters
         room = len(putters) if everyone else self._queue_size - self._backlog - self._reserved
         while putters and room > 0:
-            putters.popleft().set_result(None)
+            putter = putters.popleft()
+            if putter.done():
+                continue  # its submitter was cancelled and has not run yet
+            putter.set_result(None)
             self._reserved += 1
             room -= 1
 

@@ -9,6 +9,7 @@ good, so the loop has exactly one place where it registers, at its top.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
 __all__ = ("Inbox", "Worker")
 
 _QUEUED = JobState.QUEUED
+
+# Phases of a call handed to a worker thread (see Worker._run_in_thread).
+_PENDING = "pending"
+_CALLED = "called"
+_ABANDONED = "abandoned"
 
 Inbox = asyncio.Queue[JobHandle[Any] | None]
 """A worker's inbox. `None` tells the worker to stop."""
@@ -131,8 +137,17 @@ class Worker:
         fn: Callable[..., Any] = handle._fn
         args = handle._args
         kwargs = handle._kwargs or {}
+        # Whether the thread has begun the call. The thread and this task
+        # decide under the lock, so a job cancelled before its thread picks
+        # it up is never called, and one already running is waited for.
+        lock = threading.Lock()
+        phase = [_PENDING]
 
         def call() -> Any:
+            with lock:
+                if phase[0] is _ABANDONED:
+                    return None
+                phase[0] = _CALLED
             try:
                 return fn(*args, **kwargs)
             finally:
@@ -141,7 +156,11 @@ class Worker:
         try:
             result = await anyio.to_thread.run_sync(call, limiter=self.dispatcher._thread_limiter)
         except asyncio.CancelledError:
-            await wait_through_cancellation(returned)
+            with lock:
+                if phase[0] is _PENDING:
+                    phase[0] = _ABANDONED
+            if phase[0] is _CALLED:
+                await wait_through_cancellation(returned)
             raise
         if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
             if asyncio.iscoroutine(result):

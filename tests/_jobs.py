@@ -50,3 +50,8 @@ def check_stats(dispatcher: asyncpool.Dispatcher) -> asyncpool.Stats:
     assert s.submitted == s.queued + s.busy + s.succeeded + s.failed + s.cancelled, s
     assert s.idle + s.busy == s.workers, s
     return s
+
+
+def state_of(handle: asyncpool.JobHandle[object]) -> asyncpool.JobState:
+    """Read a handle's state afresh (mypy would keep an earlier narrowing of `handle.state`)."""
+    return handle.state
