@@ -69,7 +69,7 @@ class JobHandle(asyncio.Future[T], Generic[T]):
 
     @property
     def state(self) -> JobState:
-        """Where the job is now: QUEUED, RUNNING, or one of the final states."""
+        """The job's current `JobState` (QUEUED, RUNNING, or a final state)."""
         return self._job_state
 
     @property

@@ -29,11 +29,11 @@ class JobState(enum.Enum):
     RUNNING = "running"
     """A worker is running it."""
     SUCCEEDED = "succeeded"
-    """Final: it returned a result."""
+    """It returned a result (final)."""
     FAILED = "failed"
-    """Final: it raised an exception."""
+    """It raised an exception (final)."""
     CANCELLED = "cancelled"
-    """Final: it was cancelled, before or while running."""
+    """It was cancelled, before or while running (final)."""
 
     @property
     def is_final(self) -> bool:

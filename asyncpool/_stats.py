@@ -36,5 +36,5 @@ class Stats:
 
     @property
     def finished(self) -> int:
-        """Jobs in a final state: succeeded, failed or cancelled."""
+        """How many jobs are in a final state (succeeded + failed + cancelled)."""
         return self.succeeded + self.failed + self.cancelled

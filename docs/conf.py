@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
@@ -38,12 +37,6 @@ source_suffix = {".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "_ext"]
 
-# The changelog page includes ../CHANGELOG.md; until that file exists the page
-# is left out, and so is its entry in the index's toctree.
-HAVE_CHANGELOG = (ROOT / "CHANGELOG.md").is_file()
-if not HAVE_CHANGELOG:
-    exclude_patterns.append("changelog.md")
-
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 
@@ -64,12 +57,3 @@ html_title = f"asyncpool {release}"
 html_static_path = ["_static"]
 pygments_style = "sphinx"
 pygments_dark_style = "monokai"
-
-
-def _drop_changelog_entry(app: Any, docname: str, source: list[str]) -> None:
-    if docname == "index" and not HAVE_CHANGELOG:
-        source[0] = source[0].replace("reference/bad-input\nchangelog\n", "reference/bad-input\n")
-
-
-def setup(app: Any) -> None:
-    app.connect("source-read", _drop_changelog_entry)

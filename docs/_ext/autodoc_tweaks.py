@@ -12,16 +12,11 @@ Nothing here changes the package; it only changes what Sphinx renders.
      the target is documented, plain code otherwise);
    * any other `text` into an inline literal.
 
-2. One-line attribute and property docstrings such as "Where the job is now:
-   QUEUED, ..." would be read by napoleon as "type: description" (it would
-   print "Type: Where the job is now"). The first colon of such a line becomes
-   an em dash.
-
-3. Classes users never instantiate show no constructor signature: `Job` and its
+2. Classes users never instantiate show no constructor signature: `Job` and its
    bases would show `typing.Protocol`'s ``(*args, **kwargs)`` and `JobHandle`
    would show `asyncio.Future`'s ``(*, loop=None)``.
 
-4. Sphinx (8 and 9, on Python 3.11) stringifies a `typing.ParamSpec` with its
+3. Sphinx (8 and 9, on Python 3.11) stringifies a `typing.ParamSpec` with its
    repr, so the `submit` overloads would read ``*args: ~typing.~P``; this
    teaches it ``Callable[P, T]``, ``*args: P.args`` and ``**kwargs: P.kwargs``.
 """
@@ -43,8 +38,6 @@ NO_SIGNATURE = frozenset(
 _FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
 _INLINE = re.compile(r"(?<![`:\w])`(?P<text>[^`\n]+)`(?![`\w])")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][\w.]*(\(\))?$")
-# A colon napoleon would split on: single, and outside inline code.
-_FIRST_COLON = re.compile(r"^(?P<head>[^`:]*?)(?<!:):(?!:)\s")
 
 
 def _inline(match: re.Match[str]) -> str:
@@ -82,11 +75,6 @@ def markdown_to_rest(lines: list[str]) -> list[str]:
 def _process_docstring(
     app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
 ) -> None:
-    if what in {"attribute", "data", "property"}:
-        for i, line in enumerate(lines):
-            if line.strip():
-                lines[i] = _FIRST_COLON.sub(r"\g<head> — ", line, count=1)
-                break
     lines[:] = markdown_to_rest(lines)
 
 

@@ -60,3 +60,5 @@ async def wrong(d: Dispatcher) -> None:
     await d.submit(fetch, 42)  # type: ignore[call-overload]
     await d.submit(blocking)  # type: ignore[call-overload]
     await d.submit(fetch, "u", 1)  # type: ignore[call-overload]
+    await d.submit(object())  # type: ignore[call-overload]
+    await d.submit(42)  # type: ignore[call-overload]
