@@ -9,7 +9,7 @@ from ._dispatcher import Dispatcher
 from ._errors import AsyncPoolError, DispatcherClosed, JobTimeout, QueueFull
 from ._handle import JobHandle
 from ._job import AsyncJob, Job, JobState, SyncJob
-from ._stats import Stats
+from ._stats import ShutdownReport, Stats
 
 __all__ = (
     "AsyncJob",
@@ -21,6 +21,7 @@ __all__ = (
     "JobState",
     "JobTimeout",
     "QueueFull",
+    "ShutdownReport",
     "Stats",
     "SyncJob",
 )

@@ -34,7 +34,7 @@ import anyio
 from ._errors import DispatcherClosed, QueueFull
 from ._handle import JobHandle
 from ._job import ON_LOOP, JobState, classify
-from ._stats import Stats
+from ._stats import ShutdownReport, Stats
 from ._worker import Inbox, Worker, wait_through_cancellation
 
 __all__ = ("Dispatcher",)
@@ -198,6 +198,9 @@ class Dispatcher:
         self._stopping = False  # workers must exit when they next go idle
         self._errors: list[BaseException] = []  # fail_fast failures
         self._errors_raised = False
+        self._never_started: list[JobHandle[Any]] = []  # cancelled by a shutdown
+        self._interrupted: list[JobHandle[Any]] = []
+        self._shutdown_report: ShutdownReport | None = None
         self._body_task: asyncio.Task[Any] | None = None
         self._body_cancel_requested = False
 
@@ -365,7 +368,7 @@ class Dispatcher:
             self._join_waiters.remove(waiter)
             self._join_horizon = max((w.horizon for w in self._join_waiters), default=0)
 
-    async def close(self, *, cancel: bool = False, timeout: float | None = None) -> None:
+    async def close(self, *, cancel: bool = False, timeout: float | None = None) -> ShutdownReport:
         """Stop accepting jobs, finish or cancel the rest, and stop the workers.
 
         Args:
@@ -377,7 +380,12 @@ class Dispatcher:
         When it returns, every handle is in a final state and no task of the
         dispatcher is running. Calling it again, or on a dispatcher that never
         started, is harmless. If the caller is cancelled while waiting, the
-        remaining jobs are cancelled and the cancellation propagates.
+        remaining jobs are cancelled, their tasks are waited for, and the
+        cancellation propagates.
+
+        Returns:
+            A `ShutdownReport` of the jobs the shutdown cancelled (empty if
+            everything finished), also kept as `shutdown_report`.
 
         Raises:
             ExceptionGroup: with `fail_fast=True`, the job failures that
@@ -389,15 +397,17 @@ class Dispatcher:
         timeout = _check_timeout(timeout)
         if not isinstance(cancel, bool):
             raise TypeError(f"cancel must be a bool, got {cancel!r}")
-        await self._close(cancel=cancel, timeout=timeout)
+        report = await self._close(cancel=cancel, timeout=timeout)
         if self._errors and not self._errors_raised:
             self._errors_raised = True
             raise BaseExceptionGroup(f"{self._label()} stopped on job failure", self._errors)
+        return report
 
-    async def _close(self, *, cancel: bool, timeout: float | None = None) -> None:
+    async def _close(self, *, cancel: bool, timeout: float | None = None) -> ShutdownReport:
         if self._lifecycle is _Lifecycle.NEW:
             self._lifecycle = _Lifecycle.CLOSED
-            return
+        if self._runner is None:
+            return self._make_report()
         self._stop_accepting()
         runner = self._runner
         assert runner is not None
@@ -414,6 +424,7 @@ class Dispatcher:
                     self._cancel_all()
             self._stop_workers()
             await asyncio.shield(runner)
+            return self._make_report()
         except asyncio.CancelledError:
             # Like TaskGroup's exit: a cancelled caller still does not leave
             # before the dispatcher's tasks are gone; the jobs are cancelled
@@ -422,6 +433,20 @@ class Dispatcher:
             self._stop_workers()
             await wait_through_cancellation(runner)
             raise
+
+    def _make_report(self) -> ShutdownReport:
+        report = ShutdownReport(
+            never_started=tuple(self._never_started),
+            # A job that swallowed its cancellation and finished was not interrupted.
+            interrupted=tuple(h for h in self._interrupted if h.cancelled()),
+        )
+        self._shutdown_report = report
+        return report
+
+    @property
+    def shutdown_report(self) -> ShutdownReport | None:
+        """The `ShutdownReport` of the last `close()` (or `async with` exit); None before."""
+        return self._shutdown_report
 
     async def _exit_fail_fast(
         self, exc_type: type[BaseException] | None, exc: BaseException | None
@@ -473,8 +498,10 @@ class Dispatcher:
         self._cancelling = True
         self._cancel_queued_jobs()
         for worker in self._workers:
-            if worker.current is not None:
-                worker.current.cancel()
+            handle = worker.current
+            if handle is not None and not handle._cancel_requested:
+                self._interrupted.append(handle)
+                handle.cancel()
 
     def _cancel_queued_jobs(self) -> None:
         jobs = self._job_queue
@@ -482,8 +509,13 @@ class Dispatcher:
             handle = jobs.popleft()
             if handle._job_state is _QUEUED:
                 self._backlog -= 1
-                self._finish_cancelled(handle, None)
+                self._cancel_unstarted(handle)
         self._dead = 0
+
+    def _cancel_unstarted(self, handle: JobHandle[Any]) -> None:
+        """A shutdown cancels a job that never started; the report lists it."""
+        self._never_started.append(handle)
+        self._finish_cancelled(handle, None)
 
     def _stop_workers(self) -> None:
         self._stopping = True
@@ -530,7 +562,7 @@ class Dispatcher:
                 closing or closed), including when it closes while waiting.
         """
         how, fn = self._prepare(target, args, kwargs)
-        if not self._has_room():
+        if self._queue_size and not self._has_room():
             try:
                 await self._wait_for_room()
             except BaseException:
@@ -739,7 +771,7 @@ class Dispatcher:
         handle._job_state = _RUNNING
         handle._worker_task = task
         handle._cancel_requested = False
-        handle._attempts = handle.attempts + 1
+        handle._attempts = 1  # a job starts once (retries, when they come, count on from here)
         handle._started_at = self._now()
         self._queued -= 1
         self._busy += 1

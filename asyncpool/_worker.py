@@ -71,7 +71,7 @@ class Worker:
                     if handle._job_state is not _QUEUED:
                         continue  # cancelled after it was handed over
                 if dispatcher._cancelling:
-                    dispatcher._finish_cancelled(handle, None)
+                    dispatcher._cancel_unstarted(handle)
                     continue
                 self.current = handle
                 dispatcher._job_started(handle, task)
@@ -122,7 +122,7 @@ class Worker:
         while not inbox.empty():
             handle = inbox.get_nowait()
             if handle is not None and handle._job_state is _QUEUED:
-                self.dispatcher._finish_cancelled(handle, None)
+                self.dispatcher._cancel_unstarted(handle)
 
     async def _run_in_thread(self, handle: JobHandle[Any]) -> Any:
         """Run a blocking job in a worker thread and wait for it.

@@ -248,3 +248,45 @@ async def test_repr_shows_state_and_load() -> None:
         assert repr(handle) == "<JobHandle id=1 RUNNING Gate.process>"
         gate.release()
     assert repr(dispatcher) == "<Dispatcher 'images' closed workers=2 busy=0 queued=0>"
+
+
+async def test_close_report_lists_never_started_and_interrupted_jobs() -> None:
+    """close() returns what it cancelled: queued jobs never started, running ones interrupted."""
+    running, queued = Gate(), Gate()
+    d = asyncpool.Dispatcher(workers=1)
+    await d.start()
+    finished = await d.submit(asyncio.sleep, 0, "done")
+    await d.join()
+    first = await d.submit(running)
+    second = await d.submit(queued)
+    cancelled_by_caller = await d.submit(asyncio.sleep, 0)
+    cancelled_by_caller.cancel()
+    await running.started.wait()
+    report = await d.close(cancel=True)
+    assert report.never_started == (second,)
+    assert report.interrupted == (first,)
+    assert report.unfinished == (second, first)
+    assert len(report) == 2
+    assert repr(report) == "<ShutdownReport never_started=1 interrupted=1>"
+    assert d.shutdown_report is report
+    assert finished not in report.unfinished
+    assert await d.close() == report  # a second close reports the same
+
+
+async def test_close_report_is_empty_when_everything_finished() -> None:
+    """A drained shutdown cancels nothing, and says so."""
+    async with asyncpool.Dispatcher(workers=2) as d:
+        reports = [d.shutdown_report]
+        await d.submit(asyncio.sleep, 0)
+    reports.append(d.shutdown_report)
+    assert reports == [None, asyncpool.ShutdownReport()]
+
+
+async def test_close_timeout_report_lists_what_the_timeout_cut(fast_clock: None) -> None:
+    """close(timeout=...) reports the jobs it had to cancel when time ran out."""
+    d = asyncpool.Dispatcher(workers=1)
+    await d.start()
+    slow = await d.submit(asyncio.sleep, 100)
+    waiting = await d.submit(asyncio.sleep, 0)
+    report = await d.close(timeout=1)
+    assert (report.interrupted, report.never_started) == ((slow,), (waiting,))
