@@ -23,17 +23,20 @@ import contextlib
 import inspect
 import logging
 import math
+import multiprocessing
+import pickle
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ProcessPoolExecutor
 from types import FunctionType, TracebackType
-from typing import Any, Final, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Final, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
 
 from ._errors import DispatcherClosed, QueueFull
 from ._handle import JobHandle
-from ._job import ON_LOOP, JobState, classify
+from ._job import IN_PROCESS, IN_THREAD, ON_LOOP, JobState, classify
 from ._stats import ShutdownReport, Stats
 from ._worker import Inbox, Worker, wait_through_cancellation
 
@@ -94,6 +97,19 @@ def _close_if_coroutine(target: object) -> None:
         target.close()
 
 
+def _check_picklable(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    # A job that cannot be pickled would fail in the pool, far from the
+    # caller; refuse it here instead.
+    try:
+        pickle.dumps((fn, args, kwargs))
+    except Exception as exc:
+        raise TypeError(
+            f"submit() cannot send {fn!r} to a worker process (sync_in='process'): "
+            f"it or its arguments cannot be pickled: {exc}. Define the function at "
+            "module level, or use sync_in='thread'"
+        ) from exc
+
+
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
@@ -137,10 +153,16 @@ class Dispatcher:
             the `"asyncpool"` logger. Ignored with `fail_fast=True`, where
             failures go to the `ExceptionGroup`.
         name: A name for `repr`, task names and log messages.
+        sync_in: Where blocking jobs (sync callables, sync `process()`) run:
+            `"thread"` (worker threads, the default) or `"process"` (a pool of
+            `workers` processes owned by the dispatcher, for CPU-bound work;
+            the job and its arguments must be picklable, which `submit`
+            checks).
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: `workers` < 1 or `queue_size` < 0.
+        ValueError: `workers` < 1, `queue_size` < 0, or `sync_in` is neither
+            `"thread"` nor `"process"`.
     """
 
     def __init__(
@@ -151,6 +173,7 @@ class Dispatcher:
         fail_fast: bool = False,
         on_error: Callable[[JobHandle[Any], BaseException], object] | None = None,
         name: str | None = None,
+        sync_in: Literal["thread", "process"] = "thread",
     ) -> None:
         self._size = _check_int("workers", workers, 1)
         self._queue_size = _check_int("queue_size", queue_size, 0)
@@ -160,6 +183,10 @@ class Dispatcher:
             raise TypeError(f"on_error must be callable or None, got {on_error!r}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {name!r}")
+        if sync_in not in ("thread", "process"):
+            raise ValueError(f"sync_in must be 'thread' or 'process', got {sync_in!r}")
+        self._sync_in = sync_in
+        self._process_pool: ProcessPoolExecutor | None = None
         self._fail_fast = fail_fast
         self._on_error = on_error
         self._name = name
@@ -305,6 +332,8 @@ class Dispatcher:
         # call it directly on the hot path. Other loops keep their own clock.
         self._now = time.monotonic if type(loop).time is _BASE_LOOP_TIME else loop.time
         self._thread_limiter = anyio.CapacityLimiter(self._size)
+        if self._sync_in == "process":
+            self._process_pool = self._new_process_pool()
         self._workers = [Worker(self, i) for i in range(self._size)]
         ready: asyncio.Future[None] = loop.create_future()
         self._lifecycle = _Lifecycle.RUNNING
@@ -336,6 +365,10 @@ class Dispatcher:
             if not ready.done():
                 ready.cancel()
             self._tear_down()
+            if self._process_pool is not None:
+                # Every job is final, so the processes are idle: wait for them
+                # to exit, so that none outlives the dispatcher.
+                await anyio.to_thread.run_sync(self._process_pool.shutdown)
 
     def _tear_down(self) -> None:
         # Whatever way the runner ended, every handle ends final and nobody
@@ -620,6 +653,9 @@ class Dispatcher:
                     "name, bind it with functools.partial"
                 )
             how, fn = classify(target, args, kwargs)
+            if how == IN_THREAD and self._sync_in == "process":
+                how = IN_PROCESS
+                _check_picklable(fn, args, kwargs)
             if self._lifecycle is not _Lifecycle.RUNNING:
                 raise self._closed_error()
         except BaseException:
@@ -852,6 +888,17 @@ class Dispatcher:
             # vanish with it: log both.
             logger.error("%s: job %r failed", self._label(), handle, exc_info=exc)
             logger.error("%s: on_error hook %r raised", self._label(), hook, exc_info=hook_exc)
+
+    def _new_process_pool(self) -> ProcessPoolExecutor:
+        # "spawn": forking a process that runs an event loop and threads is
+        # unsafe; a spawned child starts clean and imports the job's module.
+        return ProcessPoolExecutor(self._size, mp_context=multiprocessing.get_context("spawn"))
+
+    def _renew_process_pool(self, broken: ProcessPoolExecutor) -> None:
+        """A child process died: jobs in that pool fail, later ones get a fresh pool."""
+        if self._process_pool is broken:
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._process_pool = self._new_process_pool()
 
     def _label(self) -> str:
         return f"Dispatcher {self._name!r}" if self._name else "Dispatcher"

@@ -91,6 +91,8 @@ IN_THREAD = 1
 """`fn(*args, **kwargs)` is blocking and runs in a worker thread."""
 CORO_OBJECT = 2
 """`fn` is a coroutine object; the worker awaits it once."""
+IN_PROCESS = 3
+"""`fn(*args, **kwargs)` is blocking and runs in a worker process (`sync_in="process"`)."""
 
 
 def _is_async_callable(fn: object) -> bool:

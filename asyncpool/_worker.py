@@ -9,14 +9,16 @@ good, so the loop has exactly one place where it registers, at its top.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
 from ._handle import JobHandle
-from ._job import CORO_OBJECT, ON_LOOP, JobState
+from ._job import CORO_OBJECT, IN_THREAD, ON_LOOP, JobState
 
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher
@@ -85,8 +87,10 @@ class Worker:
                             result = await handle._fn(*handle._args)
                     elif how == CORO_OBJECT:
                         result = await handle._fn
-                    else:
+                    elif how == IN_THREAD:
                         result = await self._run_in_thread(handle)
+                    else:
+                        result = await self._run_in_process(handle)
                 except asyncio.CancelledError as exc:
                     self.current = None
                     if handle._cancel_requested:
@@ -171,6 +175,31 @@ class Worker:
             )
         return result
 
+    async def _run_in_process(self, handle: JobHandle[Any]) -> Any:
+        """Run a blocking job in the dispatcher's process pool and wait for it.
+
+        As with threads, a job that is already running in a process cannot be
+        interrupted: a cancelled job is waited for, then the cancellation is
+        re-raised. A job still waiting in the pool is withdrawn.
+        """
+        dispatcher = self.dispatcher
+        pool = dispatcher._process_pool
+        assert pool is not None
+        kwargs = handle._kwargs or {}
+        call = functools.partial(handle._fn, *handle._args, **kwargs)
+        done = pool.submit(call)
+        try:
+            return await asyncio.wrap_future(done)
+        except asyncio.CancelledError:
+            # wrap_future passed the cancellation on: it withdraws a call still
+            # waiting in the pool, and cannot stop one already running.
+            if not done.cancelled():
+                await wait_through_cancellation(asyncio.wrap_future(done))
+            raise
+        except BrokenProcessPool:
+            dispatcher._renew_process_pool(pool)
+            raise
+
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
@@ -185,9 +214,11 @@ async def wait_through_cancellation(future: asyncio.Future[Any]) -> None:
     """
     while not future.done():
         try:
-            await asyncio.shield(future)
+            await asyncio.wait((future,))  # never cancels `future`, never raises its error
         except asyncio.CancelledError:
             continue
+    if not future.cancelled():
+        future.exception()  # retrieved: the outcome is discarded on purpose
 
 
 def _name(fn: object) -> str:

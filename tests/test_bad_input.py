@@ -26,6 +26,7 @@ import asyncpool
         ({"fail_fast": 1}, TypeError, "fail_fast must be a bool"),
         ({"on_error": "log"}, TypeError, "on_error must be callable or None"),
         ({"name": 3}, TypeError, "name must be a str or None"),
+        ({"sync_in": "gpu"}, ValueError, "sync_in must be 'thread' or 'process', got 'gpu'"),
     ],
 )
 def test_bad_input_dispatcher_arguments(
