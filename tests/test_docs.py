@@ -1,4 +1,4 @@
-"""The documentation's examples run: every ```python block of the tutorial and the index."""
+"""The documentation's examples run: every ```python block of the pages that hold programs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,14 @@ def _blocks(page: str) -> list[tuple[str, str]]:
     return [(f"{page}#{n}", code) for n, code in enumerate(_BLOCK.findall(text), 1)]
 
 
-EXAMPLES = _blocks("tutorial.md") + _blocks("index.md")
+PAGES = (
+    "index.md",
+    "tutorial.md",
+    "howto/sync-and-threads.md",
+    "howto/uvloop.md",
+    "howto/migrating.md",
+)
+EXAMPLES = [example for page in PAGES for example in _blocks(page)]
 
 
 def test_docs_have_examples() -> None:
@@ -28,10 +35,13 @@ def test_docs_have_examples() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("where", "code"), EXAMPLES, ids=[w for w, _ in EXAMPLES])
-def test_docs_example_runs(where: str, code: str) -> None:
+def test_docs_example_runs(where: str, code: str, tmp_path: Path) -> None:
     """Each example is a whole program: it runs without error or warning and prints something."""
+    # A file, not `python -c`: process-pool examples need an importable __main__.
+    program = tmp_path / "example.py"
+    program.write_text(code, encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code],
+        [sys.executable, "-W", "error", str(program)],
         capture_output=True,
         text=True,
         timeout=60,
