@@ -9,6 +9,7 @@ good, so the loop has exactly one place where it registers, at its top.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 from collections.abc import Callable
@@ -91,30 +92,39 @@ class Worker:
                         result = await self._run_in_thread(handle)
                     else:
                         result = await self._run_in_process(handle)
-                except asyncio.CancelledError as exc:
-                    self.current = None
-                    if handle._cancel_requested:
-                        task.uncancel()
-                    dispatcher._finish_cancelled(handle, exc.args[0] if exc.args else None)
-                    if task.cancelling():
-                        raise  # the worker itself is being cancelled, not just the job
                 except (KeyboardInterrupt, SystemExit) as exc:
                     self.current = None
                     dispatcher._finish_failed(handle, exc, fatal=True)
                     raise
                 except BaseException as exc:
-                    self.current = None
-                    dispatcher._finish_failed(handle, exc, fatal=False)
+                    error: BaseException | None = exc
                 else:
-                    self.current = None
-                    if handle._cancel_requested:
-                        # The job swallowed its cancellation and returned: like
-                        # a task, it succeeded. Balance our cancel() request.
-                        task.uncancel()
+                    error = None
+                self.current = None
+                if handle._cancel_requested:
+                    # Balance our cancel() request, however the job ended: it
+                    # may have swallowed the CancelledError, or turned it into
+                    # another exception.
+                    task.uncancel()
+                    if getattr(task, "_must_cancel", False):
+                        # The job cancelled its own handle and never awaited
+                        # again, so the request is still pending on this task:
+                        # take delivery here, or the worker's next await gets
+                        # it. Like a task that cancels itself and returns, the
+                        # job ends cancelled.
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.sleep(0)
+                        if error is None:
+                            error = asyncio.CancelledError()
+                if error is None:
                     dispatcher._finish_succeeded(handle, result)
+                elif isinstance(error, asyncio.CancelledError):
+                    dispatcher._finish_cancelled(handle, error.args[0] if error.args else None)
+                else:
+                    dispatcher._finish_failed(handle, error, fatal=False)
                 if task.cancelling():
-                    # A cancellation of the worker itself was swallowed by the
-                    # job: honour it now rather than leave the group waiting.
+                    # The worker itself is being cancelled (its group is
+                    # shutting down), whether or not the job noticed.
                     raise asyncio.CancelledError
         finally:
             self._release_inbox()

@@ -228,3 +228,45 @@ async def test_handle_awaited_by_cancelled_task_is_cancelled_like_a_task() -> No
         assert not hb.done()
         b.release()
         assert await hb == "b"
+
+
+async def test_cancelled_job_raising_another_error_keeps_its_worker() -> None:
+    """A job that turns its cancellation into another exception fails; the worker survives."""
+    started = asyncio.Event()
+
+    async def cleanup_fails() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ValueError("cleanup failed") from None
+
+    async with asyncpool.Dispatcher(workers=1, on_error=lambda h, e: None) as d:
+        handle = await d.submit(cleanup_fails)
+        await started.wait()
+        handle.cancel()
+        with pytest.raises(ValueError, match="cleanup failed"):
+            await handle
+        assert await (await d.submit(asyncio.sleep, 0, "next")) == "next"
+
+
+async def test_job_cancelling_its_own_handle_ends_cancelled_and_spares_the_worker() -> None:
+    """A job that cancels its own handle and returns ends CANCELLED, like a task; worker lives."""
+    handles: list[asyncpool.JobHandle[str]] = []
+
+    async def self_cancelling() -> str:
+        handles[0].cancel()
+        return "returned anyway"
+
+    async def innocent() -> str:
+        await asyncio.sleep(0)
+        return "innocent"
+
+    async with asyncpool.Dispatcher(workers=1) as d:
+        handles.append(await d.submit(self_cancelling))
+        after = await d.submit(innocent)
+        assert await after == "innocent"
+        later = await d.submit(innocent)
+        assert await later == "innocent"
+    assert handles[0].cancelled()
+    assert check_stats(d).cancelled == 1
