@@ -465,6 +465,7 @@ class Dispatcher:
             self._cancel_all()
             self._stop_workers()
             await wait_through_cancellation(runner)
+            self._make_report()  # for shutdown_report: the caller gets the cancellation
             raise
 
     def _make_report(self) -> ShutdownReport:

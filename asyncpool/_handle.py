@@ -101,6 +101,27 @@ class JobHandle(asyncio.Future[T], Generic[T]):
         except AttributeError:
             return None
 
+    @property
+    def fn(self) -> Any:
+        """What the worker calls: the function, or a `Job`'s bound `process` method.
+
+        For a job submitted as a coroutine object, the coroutine object. With
+        `args` and `kwargs`, enough to submit the job again, for example from
+        a `ShutdownReport`: `dispatcher.submit(handle.fn, *handle.args,
+        **handle.kwargs)` (a coroutine object cannot be run twice).
+        """
+        return self._fn
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The positional arguments the job was submitted with."""
+        return self._args
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """A copy of the keyword arguments the job was submitted with."""
+        return dict(self._kwargs or {})
+
     def _was_handed_over(self) -> bool:
         try:
             return self._handed_over

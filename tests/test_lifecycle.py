@@ -290,3 +290,36 @@ async def test_close_timeout_report_lists_what_the_timeout_cut(fast_clock: None)
     waiting = await d.submit(asyncio.sleep, 0)
     report = await d.close(timeout=1)
     assert (report.interrupted, report.never_started) == ((slow,), (waiting,))
+
+
+async def test_close_report_handles_can_be_submitted_again() -> None:
+    """A never-started job from the report carries what is needed to submit it elsewhere."""
+    blocker = Gate()
+    first = asyncpool.Dispatcher(workers=1)
+    await first.start()
+    await first.submit(blocker)
+    await blocker.started.wait()
+    waiting = await first.submit(asyncio.sleep, 0, "again")
+    report = await first.close(cancel=True)
+    assert report.never_started == (waiting,)
+    async with asyncpool.Dispatcher(workers=1) as second:
+        for handle in report.never_started:
+            assert handle.kwargs == {}
+            retry = await second.submit(handle.fn, *handle.args, **handle.kwargs)
+            assert await retry == "again"
+
+
+async def test_close_cancelled_still_records_a_report() -> None:
+    """When close() itself is cancelled, shutdown_report still lists what it cut off."""
+    gate = Gate()
+    d = asyncpool.Dispatcher(workers=1)
+    await d.start()
+    handle = await d.submit(gate)
+    await gate.started.wait()
+    closer = asyncio.create_task(d.close())
+    await asyncio.sleep(0)
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    assert d.shutdown_report is not None
+    assert d.shutdown_report.interrupted == (handle,)

@@ -1,0 +1,258 @@
+"""aiohttp integration: one `Dispatcher` per application, started and drained with it.
+
+This module owns the glue between an `aiohttp.web.Application` and a
+`Dispatcher`: `setup` makes the dispatcher and ties its lifetime to the
+application's (through `cleanup_ctx`); `get_dispatcher` and `spawn` reach it
+from a request handler; and the shutdown log lines report, one by one, the
+jobs that a shutdown had to cancel. It needs the `aiohttp` extra
+(`pip install 'asyncpool-dispatch[aiohttp]'`); `import asyncpool` never
+imports it.
+
+```python
+from aiohttp import web
+
+import asyncpool.aiohttp
+
+
+async def send_welcome(address: str) -> None: ...
+
+
+async def register(request: web.Request) -> web.Response:
+    handle = await asyncpool.aiohttp.spawn(request, send_welcome, "ada@example.org")
+    return web.json_response({"job": handle.id}, status=202)
+
+
+app = web.Application()
+asyncpool.aiohttp.setup(app, workers=4, grace=10)
+app.router.add_post("/register", register)
+```
+
+A job belongs to the dispatcher, not to the request that submitted it: it
+goes on running when the handler returns, fails, or is cancelled because the
+client went away.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Final, ParamSpec, TypeVar, overload
+
+from aiohttp import web
+
+from ._dispatcher import Dispatcher, _AsyncProcess, _SyncProcess
+from ._handle import JobHandle
+from ._stats import ShutdownReport
+
+__all__ = ("DEFAULT_GRACE", "DISPATCHER_KEY", "get_dispatcher", "setup", "spawn")
+
+logger = logging.getLogger("asyncpool")
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+DISPATCHER_KEY: Final[web.AppKey[Dispatcher]] = web.AppKey("asyncpool.dispatcher", Dispatcher)
+"""The application key under which `setup` stores the dispatcher, as in `app[DISPATCHER_KEY]`."""
+
+DEFAULT_GRACE: Final[float] = 10.0
+"""Seconds a shutdown lets queued and running jobs finish before cancelling them."""
+
+
+def setup(
+    app: web.Application, *, grace: float | None = DEFAULT_GRACE, **dispatcher_options: Any
+) -> Dispatcher:
+    """Give `app` a dispatcher that starts and stops with it.
+
+    The dispatcher is made now, stored as `app[DISPATCHER_KEY]`, started when
+    the application starts, and closed when it is cleaned up. aiohttp cleans
+    up after the requests in flight have finished, so a handler can always
+    submit. Closing drains: the dispatcher stops accepting jobs, lets queued
+    and running jobs finish for `grace` seconds, then cancels the rest and
+    logs each of them at WARNING on the `"asyncpool"` logger, with a summary
+    line (see `close()` and `ShutdownReport`).
+
+    Call it before the application starts, and for a sub-application before
+    `add_subapp`. Handlers of sub-applications reach their parents'
+    dispatcher through `get_dispatcher`; a sub-application with its own
+    `setup` uses its own.
+
+    Args:
+        app: The application.
+        grace: Seconds to let jobs finish at shutdown before cancelling the
+            rest (0 cancels at once). None waits for every job, however long
+            that takes.
+        **dispatcher_options: Passed to `Dispatcher` (`workers`, `queue_size`,
+            `on_error`, `name`, ...). `fail_fast=True` is refused: one failed
+            job would stop the dispatcher for good while the server goes on
+            serving.
+
+    Returns:
+        The dispatcher (not started yet), for code that wants it directly.
+
+    Raises:
+        TypeError: `app` is not an `aiohttp.web.Application`, `grace` is not
+            a number or None, or a dispatcher option has the wrong type or
+            name.
+        ValueError: `grace` is negative, infinite or NaN; `fail_fast=True`;
+            or a dispatcher option is out of range (`workers=0`, ...).
+        RuntimeError: `setup` was already called for `app`, or `app` has
+            already started or been added as a sub-application.
+    """
+    if not isinstance(app, web.Application):
+        raise TypeError(f"app must be an aiohttp.web.Application, got {type(app).__name__}")
+    grace = _check_grace(grace)
+    if dispatcher_options.get("fail_fast", False) is True:
+        raise ValueError(
+            "fail_fast=True does not fit an aiohttp application: the first failing job "
+            "would stop the application's dispatcher while the server goes on serving; "
+            "use on_error to react to failures"
+        )
+    if DISPATCHER_KEY in app:
+        raise RuntimeError("asyncpool.aiohttp.setup() was already called for this application")
+    if app.pre_frozen:
+        # aiohttp freezes an application's hooks when it starts, or when it is
+        # added as a sub-application: a dispatcher added later would never start.
+        raise RuntimeError(
+            "asyncpool.aiohttp.setup() must be called before the application starts "
+            "and before it is added as a sub-application (add_subapp)"
+        )
+    dispatcher = Dispatcher(**dispatcher_options)  # validates the options, names the bad one
+
+    async def run_dispatcher(app: web.Application) -> AsyncIterator[None]:
+        await dispatcher.start()
+        yield
+        await _shut_down(dispatcher, grace)
+
+    app[DISPATCHER_KEY] = dispatcher
+    app.cleanup_ctx.append(run_dispatcher)
+    return dispatcher
+
+
+def get_dispatcher(request: web.Request) -> Dispatcher:
+    """Return the dispatcher of the application that handles `request`.
+
+    The application is searched first, then its parents, as aiohttp does for
+    `request.config_dict`: a sub-application's handlers find the dispatcher
+    that `setup` gave the main application. Outside a request, use
+    `app[DISPATCHER_KEY]`.
+
+    Raises:
+        TypeError: `request` is not an `aiohttp.web.Request`.
+        RuntimeError: neither the application nor any parent of it went
+            through `setup`.
+    """
+    if not isinstance(request, web.Request):
+        raise TypeError(f"request must be an aiohttp.web.Request, got {type(request).__name__}")
+    dispatcher = request.config_dict.get(DISPATCHER_KEY)
+    if dispatcher is None:
+        raise RuntimeError(
+            "no asyncpool dispatcher for this request: call asyncpool.aiohttp.setup(app) "
+            "on the application, or on one of its parent applications, before it starts"
+        )
+    return dispatcher
+
+
+@overload
+async def spawn(request: web.Request, job: _AsyncProcess[T], /) -> JobHandle[T]: ...
+@overload
+async def spawn(request: web.Request, job: _SyncProcess[T], /) -> JobHandle[T]: ...
+@overload
+async def spawn(request: web.Request, job: Coroutine[Any, Any, T], /) -> JobHandle[T]: ...
+@overload
+async def spawn(
+    request: web.Request,
+    fn: Callable[P, Coroutine[Any, Any, T]],
+    /,
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> JobHandle[T]: ...
+@overload
+async def spawn(
+    request: web.Request, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+) -> JobHandle[T]: ...
+async def spawn(request: web.Request, target: Any, /, *args: Any, **kwargs: Any) -> JobHandle[Any]:
+    """Submit a job to the request's dispatcher: `await get_dispatcher(request).submit(...)`.
+
+    It takes what `Dispatcher.submit` takes and, like it, waits for room
+    when the queue is full. The job belongs to the dispatcher: it goes on
+    when the handler returns or is cancelled. Awaiting the handle in the
+    handler would tie them again (a cancelled awaiter cancels the future it
+    awaits); to wait for the job without that, use
+    `await asyncio.wait([handle])`.
+
+    Returns:
+        The job's handle.
+
+    Raises:
+        TypeError: `request` is not an `aiohttp.web.Request`, or the job is
+            not something `submit` accepts.
+        RuntimeError: `setup` was not called (see `get_dispatcher`).
+        DispatcherClosed: the dispatcher is not running (the application
+            has not started, or is shutting down).
+    """
+    try:
+        dispatcher = get_dispatcher(request)
+    except BaseException:
+        if inspect.iscoroutine(target):
+            target.close()  # it will never run; spare the "never awaited" warning
+        raise
+    return await dispatcher.submit(target, *args, **kwargs)
+
+
+def _check_grace(grace: object) -> float | None:
+    if grace is None:
+        return None
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)):
+        raise TypeError(f"grace must be a number of seconds or None, got {grace!r}")
+    if not math.isfinite(grace) or grace < 0:
+        raise ValueError(
+            f"grace must be a finite number of seconds >= 0 (or None to wait for every "
+            f"job), got {grace}"
+        )
+    return float(grace)
+
+
+async def _shut_down(dispatcher: Dispatcher, grace: float | None) -> None:
+    if dispatcher.closed:
+        return  # the application closed it itself, and has the report
+    report = await dispatcher.close(timeout=grace)
+    _log_shutdown(dispatcher, report, grace)
+
+
+def _log_shutdown(dispatcher: Dispatcher, report: ShutdownReport, grace: float | None) -> None:
+    """Log what a shutdown left unfinished: one line per job, then the counts."""
+    label = f"Dispatcher {dispatcher.name!r}" if dispatcher.name else "Dispatcher"
+    stats = dispatcher.stats()
+    if not report:
+        logger.info(
+            "%s: shut down with every job finished: %d submitted "
+            "(%d succeeded, %d failed, %d cancelled)",
+            label,
+            stats.submitted,
+            stats.succeeded,
+            stats.failed,
+            stats.cancelled,
+        )
+        return
+    interrupted = {handle.id for handle in report.interrupted}
+    # One line per job, in submission order, so that each can be found (or
+    # re-queued by an operator) from its id.
+    for handle in sorted(report.unfinished, key=lambda h: h.id):
+        reason = "interrupted at shutdown" if handle.id in interrupted else "never started"
+        logger.warning("%s: unfinished job %d (%s): %r", label, handle.id, reason, handle)
+    logger.warning(
+        "%s: shutdown after a grace period of %s cancelled unfinished jobs: "
+        "%d interrupted, %d never started; %d of %d submitted jobs finished "
+        "(%d succeeded, %d failed, %d cancelled before shutdown)",
+        label,
+        "no limit" if grace is None else f"{grace:g} s",
+        len(report.interrupted),
+        len(report.never_started),
+        stats.finished - len(report),
+        stats.submitted,
+        stats.succeeded,
+        stats.failed,
+        stats.cancelled - len(report),
+    )
