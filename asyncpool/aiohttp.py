@@ -2,9 +2,10 @@
 
 This module owns the glue between an `aiohttp.web.Application` and a
 `Dispatcher`: `setup` makes the dispatcher and ties its lifetime to the
-application's (through `cleanup_ctx`); `get_dispatcher` and `spawn` reach it
-from a request handler; and the shutdown log lines report, one by one, the
-jobs that a shutdown had to cancel. It needs the `aiohttp` extra
+application's (through `cleanup_ctx`); and `get_dispatcher` and `spawn`
+reach it from a request handler. The shutdown's log lines, which report one
+by one the jobs that a shutdown had to cancel, are the same as the FastAPI
+integration's (`asyncpool._integration` owns both). It needs the `aiohttp` extra
 (`pip install 'asyncpool-dispatch[aiohttp]'`); `import asyncpool` never
 imports it.
 
@@ -35,8 +36,6 @@ client went away.
 from __future__ import annotations
 
 import inspect
-import logging
-import math
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Final, ParamSpec, TypeVar, overload
 
@@ -44,11 +43,9 @@ from aiohttp import web
 
 from ._dispatcher import Dispatcher, _AsyncProcess, _SyncProcess
 from ._handle import JobHandle
-from ._stats import ShutdownReport
+from ._integration import check_grace, log_shutdown
 
 __all__ = ("DEFAULT_GRACE", "DISPATCHER_KEY", "get_dispatcher", "setup", "spawn")
-
-logger = logging.getLogger("asyncpool")
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -70,8 +67,8 @@ def setup(
     up after the requests in flight have finished, so a handler can always
     submit. Closing drains: the dispatcher stops accepting jobs, lets queued
     and running jobs finish for `grace` seconds, then cancels the rest and
-    logs each of them at WARNING on the `"asyncpool"` logger, with a summary
-    line (see `close()` and `ShutdownReport`).
+    logs a WARNING summary on the `"asyncpool"` logger, then each of them at
+    WARNING, queued jobs first (see `close()` and `ShutdownReport`).
 
     Call it before the application starts, and for a sub-application before
     `add_subapp`. Handlers of sub-applications reach their parents'
@@ -102,7 +99,7 @@ def setup(
     """
     if not isinstance(app, web.Application):
         raise TypeError(f"app must be an aiohttp.web.Application, got {type(app).__name__}")
-    grace = _check_grace(grace)
+    grace = check_grace(grace)
     if dispatcher_options.get("fail_fast", False) is True:
         raise ValueError(
             "fail_fast=True does not fit an aiohttp application: the first failing job "
@@ -201,58 +198,8 @@ async def spawn(request: web.Request, target: Any, /, *args: Any, **kwargs: Any)
     return await dispatcher.submit(target, *args, **kwargs)
 
 
-def _check_grace(grace: object) -> float | None:
-    if grace is None:
-        return None
-    if isinstance(grace, bool) or not isinstance(grace, (int, float)):
-        raise TypeError(f"grace must be a number of seconds or None, got {grace!r}")
-    if not math.isfinite(grace) or grace < 0:
-        raise ValueError(
-            f"grace must be a finite number of seconds >= 0 (or None to wait for every "
-            f"job), got {grace}"
-        )
-    return float(grace)
-
-
 async def _shut_down(dispatcher: Dispatcher, grace: float | None) -> None:
     if dispatcher.closed:
         return  # the application closed it itself, and has the report
     report = await dispatcher.close(timeout=grace)
-    _log_shutdown(dispatcher, report, grace)
-
-
-def _log_shutdown(dispatcher: Dispatcher, report: ShutdownReport, grace: float | None) -> None:
-    """Log what a shutdown left unfinished: one line per job, then the counts."""
-    label = f"Dispatcher {dispatcher.name!r}" if dispatcher.name else "Dispatcher"
-    stats = dispatcher.stats()
-    if not report:
-        logger.info(
-            "%s: shut down with every job finished: %d submitted "
-            "(%d succeeded, %d failed, %d cancelled)",
-            label,
-            stats.submitted,
-            stats.succeeded,
-            stats.failed,
-            stats.cancelled,
-        )
-        return
-    interrupted = {handle.id for handle in report.interrupted}
-    # One line per job, in submission order, so that each can be found (or
-    # re-queued by an operator) from its id.
-    for handle in sorted(report.unfinished, key=lambda h: h.id):
-        reason = "interrupted at shutdown" if handle.id in interrupted else "never started"
-        logger.warning("%s: unfinished job %d (%s): %r", label, handle.id, reason, handle)
-    logger.warning(
-        "%s: shutdown after a grace period of %s cancelled unfinished jobs: "
-        "%d interrupted, %d never started; %d of %d submitted jobs finished "
-        "(%d succeeded, %d failed, %d cancelled before shutdown)",
-        label,
-        "no limit" if grace is None else f"{grace:g} s",
-        len(report.interrupted),
-        len(report.never_started),
-        stats.finished - len(report),
-        stats.submitted,
-        stats.succeeded,
-        stats.failed,
-        stats.cancelled - len(report),
-    )
+    log_shutdown(dispatcher, report, grace)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any, Final, ParamSpec, TypeAlias, TypeVar, overload
@@ -38,7 +37,7 @@ from starlette.requests import HTTPConnection, Request
 
 from ._dispatcher import RESERVED_OPTIONS, Dispatcher
 from ._handle import JobHandle
-from ._stats import ShutdownReport
+from ._integration import check_grace, log_shutdown
 
 __all__ = (
     "DEFAULT_GRACE",
@@ -70,16 +69,6 @@ server's own shutdown and the log lines.
 
 
 # ----------------------------------------------------------------- lifespan
-
-
-def _check_grace(grace: object) -> float | None:
-    if grace is None:
-        return None
-    if isinstance(grace, bool) or not isinstance(grace, (int, float)):
-        raise TypeError(f"grace must be a number of seconds or None, got {grace!r}")
-    if math.isnan(grace) or grace < 0:
-        raise ValueError(f"grace must be >= 0 seconds, got {grace}")
-    return float(grace)
 
 
 @contextlib.asynccontextmanager
@@ -121,7 +110,8 @@ async def lifespan(
         workers: How many jobs run at once (the dispatcher's `workers`).
         queue_size: How many jobs may wait (the dispatcher's `queue_size`).
         grace: Seconds that queued and running jobs get to finish at
-            shutdown; 0 cancels them at once; None waits as long as they take.
+            shutdown, a finite number >= 0; 0 cancels them at once; None
+            waits as long as they take.
         **dispatcher_options: Any other `Dispatcher` argument (`on_error`,
             `name`, ...).
 
@@ -134,7 +124,7 @@ async def lifespan(
         TypeError: an argument has the wrong type.
         ValueError: an argument is out of range.
     """
-    grace = _check_grace(grace)
+    grace = check_grace(grace)
     state = app.state
     existing = getattr(state, STATE_ATTRIBUTE, None)
     if isinstance(existing, Dispatcher) and not existing.closed:
@@ -211,7 +201,7 @@ def dispatcher_lifespan(
         workers: How many jobs run at once.
         queue_size: How many jobs may wait; 0 means unbounded.
         grace: Seconds jobs get to finish at shutdown before the rest are
-            cancelled; None waits as long as they take.
+            cancelled, a finite number >= 0; None waits as long as they take.
         **dispatcher_options: Any other `Dispatcher` argument (`on_error`,
             `name`, ...).
 
@@ -223,7 +213,7 @@ def dispatcher_lifespan(
             argument.
         ValueError: an argument is out of range.
     """
-    grace = _check_grace(grace)
+    grace = check_grace(grace)
     if app_lifespan is not None and not callable(app_lifespan):
         raise TypeError(f"app_lifespan must be a lifespan function or None, got {app_lifespan!r}")
     # A dispatcher runs once, so each startup makes its own; building one
@@ -257,53 +247,14 @@ async def _shut_down(dispatcher: Dispatcher, grace: float | None) -> None:
             logger.warning(
                 "%s: the shutdown was cancelled; jobs that had not finished were cancelled "
                 "and cannot be listed; of %d submitted, %d succeeded, %d failed, %d cancelled",
-                _label(dispatcher),
+                dispatcher._label(),
                 stats.submitted,
                 stats.succeeded,
                 stats.failed,
                 stats.cancelled,
             )
         else:
-            _log_report(dispatcher, report, grace)
-
-
-def _log_report(dispatcher: Dispatcher, report: ShutdownReport, grace: float | None) -> None:
-    label = _label(dispatcher)
-    stats = dispatcher.stats()
-    if not report:
-        logger.info(
-            "%s shut down; every job finished: of %d submitted, %d succeeded, %d failed, "
-            "%d cancelled",
-            label,
-            stats.submitted,
-            stats.succeeded,
-            stats.failed,
-            stats.cancelled,
-        )
-        return
-    logger.warning(
-        "%s shut down with %d jobs unfinished (grace period %s): %d never started, "
-        "%d interrupted; of %d submitted, %d succeeded, %d failed, %d cancelled",
-        label,
-        len(report),
-        "unlimited" if grace is None else f"{grace:g} s",
-        len(report.never_started),
-        len(report.interrupted),
-        stats.submitted,
-        stats.succeeded,
-        stats.failed,
-        stats.cancelled,
-    )
-    for why, handles in (
-        ("never started", report.never_started),
-        ("interrupted", report.interrupted),
-    ):
-        for handle in handles:
-            logger.warning("%s: unfinished job id=%d (%s): %r", label, handle.id, why, handle)
-
-
-def _label(dispatcher: Dispatcher) -> str:
-    return f"Dispatcher {dispatcher.name!r}" if dispatcher.name else "Dispatcher"
+            log_shutdown(dispatcher, report, grace)
 
 
 # --------------------------------------------------------------- dependency
@@ -452,7 +403,7 @@ class PoolBackgroundTasks(StarletteBackgroundTasks):
             except Exception as exc:
                 logger.error(
                     "%s: background task %s was not submitted: %s",
-                    _label(self.dispatcher),
+                    self.dispatcher._label(),
                     _task_name(task),
                     exc,
                     exc_info=exc,
@@ -464,7 +415,7 @@ class PoolBackgroundTasks(StarletteBackgroundTasks):
                 logger.error(
                     "%s: %d background tasks were not submitted, the request was stopped "
                     "while waiting for room in the job queue: %s",
-                    _label(self.dispatcher),
+                    self.dispatcher._label(),
                     len(lost),
                     ", ".join(_task_name(t) for t in lost),
                 )

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -260,9 +261,11 @@ async def test_lifespan_shutdown_cancelled_still_cancels_every_job_and_says_so(
     [
         ({"workers": 0}, ValueError, "workers must be >= 1"),
         ({"queue_size": "big"}, TypeError, "queue_size must be an int"),
-        ({"grace": -1}, ValueError, "grace must be >= 0"),
-        ({"grace": "5"}, TypeError, "grace must be a number of seconds or None"),
-        ({"grace": True}, TypeError, "grace must be a number of seconds or None"),
+        ({"grace": -1}, ValueError, r"grace must be a finite number of seconds >= 0 .*got -1"),
+        ({"grace": math.nan}, ValueError, r"grace must be a finite number .*got nan"),
+        ({"grace": math.inf}, ValueError, r"grace must be a finite number .*got inf"),
+        ({"grace": "5"}, TypeError, r"grace must be a number of seconds or None, got '5'"),
+        ({"grace": True}, TypeError, r"grace must be a number of seconds or None, got True"),
         ({"wrokers": 2}, TypeError, "wrokers"),
     ],
 )
