@@ -36,7 +36,7 @@ import anyio
 
 from ._errors import DispatcherClosed, QueueFull
 from ._handle import JobHandle
-from ._job import IN_PROCESS, IN_THREAD, ON_LOOP, JobState, classify
+from ._job import CORO_OBJECT, IN_PROCESS, IN_THREAD, ON_LOOP, JobState, classify
 from ._stats import ShutdownReport, Stats
 from ._worker import Inbox, Worker, wait_through_cancellation
 
@@ -222,6 +222,7 @@ class Dispatcher:
         self._join_horizon = 0  # the largest horizon of any waiter; 0 = none
 
         self._cancelling = False  # every job must end now; none may start
+        self._fatal = False  # a job raised KeyboardInterrupt or SystemExit
         self._stopping = False  # workers must exit when they next go idle
         self._errors: list[BaseException] = []  # fail_fast failures
         self._errors_raised = False
@@ -353,7 +354,8 @@ class Dispatcher:
                 for worker in self._workers:
                     group.create_task(worker.run(), name=f"{label} worker {worker.index}")
                 group.create_task(self._dispatch_loop(), name=f"{label} loop")
-                ready.set_result(None)
+                if not ready.done():  # start() may have been cancelled meanwhile
+                    ready.set_result(None)
         except (KeyboardInterrupt, SystemExit):
             # A job raised it in a worker, and the worker's task has already
             # sent it out of the event loop (asyncio tasks re-raise these two).
@@ -385,6 +387,7 @@ class Dispatcher:
         Finished means succeeded, failed or cancelled. Jobs submitted while
         waiting are not waited for. The dispatcher keeps running.
         """
+        self._refuse_from_own_job("join")
         if self._submitted == self._succeeded + self._failed + self._cancelled:
             return
         loop = asyncio.get_running_loop()
@@ -416,6 +419,11 @@ class Dispatcher:
         remaining jobs are cancelled, their tasks are waited for, and the
         cancellation propagates.
 
+        Cancelling a job is a request, as with tasks: a job that catches
+        every `CancelledError` and keeps going, or a blocking job whose thread
+        or process does not return, keeps `close()` waiting, whatever
+        `cancel` and `timeout` say.
+
         Returns:
             A `ShutdownReport` of the jobs the shutdown cancelled (empty if
             everything finished), also kept as `shutdown_report`.
@@ -430,6 +438,7 @@ class Dispatcher:
         timeout = _check_timeout(timeout)
         if not isinstance(cancel, bool):
             raise TypeError(f"cancel must be a bool, got {cancel!r}")
+        self._refuse_from_own_job("close")
         report = await self._close(cancel=cancel, timeout=timeout)
         if self._errors and not self._errors_raised:
             self._errors_raised = True
@@ -456,7 +465,10 @@ class Dispatcher:
                 except TimeoutError:
                     self._cancel_all()
             self._stop_workers()
-            await asyncio.shield(runner)
+            await asyncio.wait((runner,))  # unlike awaiting it, never cancels it
+            failure = None if runner.cancelled() else runner.exception()
+            if failure is not None:
+                raise failure  # a bug of ours: never hide it
             return self._make_report()
         except asyncio.CancelledError:
             # Like TaskGroup's exit: a cancelled caller still does not leave
@@ -467,6 +479,22 @@ class Dispatcher:
             await wait_through_cancellation(runner)
             self._make_report()  # for shutdown_report: the caller gets the cancellation
             raise
+
+    def _workers_cancelled(self) -> bool:
+        """True if the workers' task group is cancelling them (the runner is
+        cancelled, or a job raised KeyboardInterrupt or SystemExit)."""
+        runner = self._runner
+        return runner is not None and (runner.cancelling() > 0 or self._fatal)
+
+    def _refuse_from_own_job(self, method: str) -> None:
+        # A job waiting for its own dispatcher to finish every job (itself
+        # included) would wait for ever: say so instead of hanging.
+        current = asyncio.current_task()
+        if current is not None and any(w.task is current for w in self._workers):
+            raise RuntimeError(
+                f"{method}() called from a job of {self._label()}: it would wait for that "
+                f"job itself, for ever; call {method}() from outside the dispatcher's jobs"
+            )
 
     def _make_report(self) -> ShutdownReport:
         report = ShutdownReport(
@@ -490,7 +518,10 @@ class Dispatcher:
         if exc_type is not None:
             if exc_type is asyncio.CancelledError:
                 propagate_cancel = exc
-            self._abort()
+            # The body is over, so only the jobs are left to cancel (cancelling
+            # the body's task now would hit its caller's next await instead).
+            self._stop_accepting()
+            self._cancel_all()
         while True:
             try:
                 await self._close(cancel=False)
@@ -503,16 +534,19 @@ class Dispatcher:
             assert self._body_task is not None
             if self._body_task.uncancel() == 0:
                 propagate_cancel = None
-        for error in self._errors:
+        # Failures that close() already raised (a framework closed the
+        # dispatcher from another task) are not raised a second time.
+        errors = [] if self._errors_raised else list(self._errors)
+        for error in errors:
             if isinstance(error, (KeyboardInterrupt, SystemExit)):
                 raise error
-        if propagate_cancel is not None and not self._errors:
+        if propagate_cancel is not None and not errors:
             raise propagate_cancel
         if exc is not None and exc_type is not asyncio.CancelledError:
-            self._errors.append(exc)
-        if self._errors:
+            errors.append(exc)
+        if errors:
             self._errors_raised = True
-            raise BaseExceptionGroup(f"unhandled errors in {self._label()}", self._errors) from None
+            raise BaseExceptionGroup(f"unhandled errors in {self._label()}", errors) from None
 
     def _abort(self) -> None:
         """fail_fast: stop accepting, cancel every job, and cancel the body."""
@@ -589,9 +623,13 @@ class Dispatcher:
         job's own argument with one of those names, bind it first with
         `functools.partial(fn, key=...)`, or submit a `Job` object.
 
+        Arguments are not checked against the function's signature (that
+        would cost more than the rest of `submit`): a call that does not fit
+        fails the job with the `TypeError` the call raises.
+
         Raises:
-            TypeError: `target` is none of the accepted forms, or arguments
-                do not fit it. Raised here, never inside a worker.
+            TypeError: `target` is none of the accepted forms (raised here,
+                never inside a worker).
             DispatcherClosed: the dispatcher is not running (not started,
                 closing or closed), including when it closes while waiting.
         """
@@ -832,6 +870,7 @@ class Dispatcher:
         awaited = bool(handle._callbacks)
         _future_set_exception(handle, exc)
         if fatal:
+            self._fatal = True  # the group will cancel the other workers
             handle._log_traceback = False  # it propagates; reporting it again would be noise
             if self._fail_fast:
                 self._errors.append(exc)  # re-raised by __aexit__, as TaskGroup does
@@ -839,15 +878,17 @@ class Dispatcher:
             handle._log_traceback = False  # reported once, in the ExceptionGroup
             self._errors.append(exc)
             self._abort()
-        elif not awaited:
-            handle._log_traceback = False  # reported here, so asyncio must not report it again
-            self._report(handle, exc)
         if handle.id <= self._join_horizon:
             self._count_for_joins(handle)
+        if not (fatal or self._fail_fast or awaited):
+            handle._log_traceback = False  # reported here, so asyncio must not report it again
+            self._report(handle, exc)
 
     def _finish_cancelled(self, handle: JobHandle[Any], msg: Any) -> None:
         if handle._job_state is _QUEUED:
             self._queued -= 1
+            if handle._how == CORO_OBJECT:
+                handle._fn.close()  # it will never run: no "never awaited" warning
         else:
             self._busy -= 1
         handle._job_state = _CANCELLED
@@ -859,8 +900,10 @@ class Dispatcher:
 
     def _cancel_queued(self, handle: JobHandle[Any], msg: Any) -> None:
         """`handle.cancel()` on a job that has not started."""
-        if not handle._was_handed_over():
-            # Leave it in the job queue for _route to skip; its room is free now.
+        in_queue = not handle._was_handed_over()
+        self._finish_cancelled(handle, msg)
+        if in_queue:
+            # Left in the job queue for _route to skip; its room is free now.
             self._backlog -= 1
             self._dead += 1
             if self._dead > 64 and self._dead * 2 > len(self._job_queue):
@@ -868,7 +911,6 @@ class Dispatcher:
                 self._dead = 0
             if self._putters:
                 self._wake_putters()
-        self._finish_cancelled(handle, msg)
 
     def _count_for_joins(self, handle: JobHandle[Any]) -> None:
         for waiter in self._join_waiters:
@@ -884,9 +926,12 @@ class Dispatcher:
             return
         try:
             hook(handle, exc)
-        except Exception as hook_exc:
-            # The hook must not kill a worker, and the job's failure must not
-            # vanish with it: log both.
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as hook_exc:
+            # The hook must not kill a worker (not even with a stray
+            # CancelledError), and the job's failure must not vanish with it:
+            # log both.
             logger.error("%s: job %r failed", self._label(), handle, exc_info=exc)
             logger.error("%s: on_error hook %r raised", self._label(), hook, exc_info=hook_exc)
 

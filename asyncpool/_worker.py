@@ -40,7 +40,7 @@ Inbox = asyncio.Queue[JobHandle[Any] | None]
 class Worker:
     """One worker of a dispatcher: an inbox and the coroutine that serves it."""
 
-    __slots__ = ("dispatcher", "index", "inbox", "current")
+    __slots__ = ("current", "dispatcher", "inbox", "index", "task")
 
     def __init__(self, dispatcher: Dispatcher, index: int) -> None:
         self.dispatcher = dispatcher
@@ -48,6 +48,8 @@ class Worker:
         self.inbox: Inbox = asyncio.Queue()
         self.current: JobHandle[Any] | None = None
         """The job this worker is running, if any."""
+        self.task: asyncio.Task[None] | None = None
+        """The worker's task, once it runs."""
 
     async def run(self) -> None:
         """Serve the inbox until told to stop.
@@ -62,6 +64,7 @@ class Worker:
         inbox = self.inbox
         task = asyncio.current_task()
         assert task is not None
+        self.task = task
         try:
             while True:
                 handle = dispatcher._next_job_for(inbox)
@@ -122,10 +125,18 @@ class Worker:
                     dispatcher._finish_cancelled(handle, error.args[0] if error.args else None)
                 else:
                     dispatcher._finish_failed(handle, error, fatal=False)
+                # Drop the job's data before waiting: an idle worker must not
+                # keep the last result, error or arguments (and their frames) alive.
+                handle = result = error = None
                 if task.cancelling():
-                    # The worker itself is being cancelled (its group is
-                    # shutting down), whether or not the job noticed.
-                    raise asyncio.CancelledError
+                    if dispatcher._workers_cancelled():
+                        # The worker itself is being cancelled (its group is
+                        # shutting down), whether or not the job noticed.
+                        raise asyncio.CancelledError
+                    # A job cancelled its own task and never balanced it (old
+                    # timeout libraries do that); the request was the job's.
+                    while task.cancelling():
+                        task.uncancel()
         finally:
             self._release_inbox()
 
