@@ -196,6 +196,7 @@ class Dispatcher:
         self._runner: asyncio.Task[None] | None = None
         self._workers: list[Worker] = []
         self._idle_inboxes: asyncio.Queue[Inbox] = asyncio.Queue()
+        self._idle_count = 0  # its qsize(), kept here: the hot path reads it per job
         self._wakeup = asyncio.Event()
         self._thread_limiter: anyio.CapacityLimiter | None = None
         self._now: Callable[[], float] = time.monotonic
@@ -588,7 +589,8 @@ class Dispatcher:
     def _stop_workers(self) -> None:
         self._stopping = True
         idle = self._idle_inboxes
-        while not idle.empty():
+        while self._idle_count:
+            self._idle_count -= 1
             idle.get_nowait().put_nowait(None)
         self._wakeup.set()
 
@@ -634,7 +636,9 @@ class Dispatcher:
                 closing or closed), including when it closes while waiting.
         """
         how, fn = self._prepare(target, args, kwargs)
-        if self._queue_size and not self._has_room():
+        size = self._queue_size
+        # _has_room(), inlined: this runs for every job.
+        if size and (self._putters or self._backlog + self._reserved >= size):
             try:
                 await self._wait_for_room()
             except BaseException:
@@ -773,7 +777,7 @@ class Dispatcher:
         self._queued += 1
         self._backlog += 1
         self._job_queue.append(handle)
-        if not self._idle_inboxes.empty():
+        if self._idle_count:
             self._wakeup.set()
         return handle
 
@@ -787,10 +791,11 @@ class Dispatcher:
         decision is made.
         """
         idle = self._idle_inboxes
-        while not idle.empty():
+        while self._idle_count:
             handle = self._pop_job()
             if handle is None:
                 return
+            self._idle_count -= 1
             idle.get_nowait().put_nowait(handle)
 
     def _next_job_for(self, inbox: Inbox) -> JobHandle[Any] | None:
@@ -806,12 +811,12 @@ class Dispatcher:
         """
         if self._stopping:
             return None
-        idle = self._idle_inboxes
-        if self._job_queue and idle.empty():
+        if self._job_queue and not self._idle_count:
             handle = self._pop_job()
             if handle is not None:
                 return handle
-        idle.put_nowait(inbox)
+        self._idle_count += 1
+        self._idle_inboxes.put_nowait(inbox)
         if self._job_queue:
             self._route()
         return None
