@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest docs bench bench-instructions clean
+.PHONY: demo test lint typecheck pytest docs bench bench-instructions bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ bench: $(STAMP)
 # Deterministic: counts instructions under valgrind (apt-get install valgrind).
 bench-instructions: $(STAMP)
 	$(BIN)/python benchmarks/instructions.py
+
+# asyncpool against its peers (aiojobs, asyncio-pool, aiometer, anyio, ...):
+# writes docs/explanation/benchmarks.md and docs/_static/bench-*.png.
+bench-peers: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/peers.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) docs/_build .mypy_cache .pytest_cache .ruff_cache

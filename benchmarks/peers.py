@@ -1,0 +1,429 @@
+"""asyncpool against its peers: the floor, TaskGroup + Semaphore, aiojobs,
+asyncio-pool, aiometer and an anyio task group with a CapacityLimiter.
+
+Workloads (W1 to W4: jobs per second; W5: latency):
+
+    W1  trivial jobs (`async def job(i): return i`)
+    W2  jobs that yield once (`await asyncio.sleep(0)`)
+    W3  jobs sleeping 1 ms (I/O-like)
+    W4  two alternating Job classes with `async process()`
+    W5  submit-to-start latency with idle workers, one job at a time
+
+Every configuration (workload, loop, K, implementation) runs in a fresh
+process; repeats are interleaved across implementations so that a noisy
+neighbour slows them alike; best of `--repeat`, with the spread shown. Every
+run checks the count and the sum of the results and fails loudly otherwise.
+Raw results go to `--json`; the tables and plots go to
+docs/explanation/benchmarks.md and docs/_static/ (unless --no-write).
+
+    python benchmarks/peers.py [--quick] [--jobs N] [--workloads W1,W5]
+                               [--workers 8,64,1024] [--loop asyncio,uvloop]
+                               [--impls floor,aiojobs] [--repeat 3]
+                               [--render-only results.json] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib.metadata
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import _peer_impls as impls
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "explanation" / "benchmarks.md"
+STATIC = ROOT / "docs" / "_static"
+START_MARK = "<!-- peers:results:start -->"
+END_MARK = "<!-- peers:results:end -->"
+
+DEFAULT_N = {"W1": 50_000, "W2": 20_000, "W3": 5_000, "W4": 20_000, "W5": 1_000}
+QUICK_DIVISOR = 10
+WARMUP = 100  # W5 samples run and thrown away before the measured ones
+PEER_DISTRIBUTIONS = ("aiojobs", "asyncio-pool", "aiometer", "anyio", "uvloop")
+
+
+# ------------------------------------------------------------------- child
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def child(workload: str, loop: str, k: int, impl: str, n: int) -> dict[str, Any]:
+    """Run one configuration once, check it, and return what it measured."""
+    with asyncio.Runner(loop_factory=lambda: new_loop(loop)) as runner:
+        if workload == "W5":
+            latency = impls.LATENCY[impl]
+            gc.collect()
+            samples = runner.run(_coro(latency(k, WARMUP + n)))[WARMUP:]
+            if len(samples) != n or min(samples) < 0:
+                raise SystemExit(f"{impl}: {len(samples)} latency samples, expected {n}")
+            cuts = statistics.quantiles(samples, n=100)
+            return {"p50": cuts[49], "p99": cuts[98]}
+        work = impls.WORKLOADS[workload]
+        items = work.items(n)
+        run = impls.IMPLS[impl]
+        gc.collect()
+        start = time.perf_counter()
+        count, total = runner.run(_coro(run(work, items, k)))
+        elapsed = time.perf_counter() - start
+    expected = n * (n - 1) // 2
+    if count != n or total != expected:
+        raise SystemExit(
+            f"{impl} {workload} {loop} K={k}: {count} results summing to {total}, "
+            f"expected {n} summing to {expected}: jobs were lost or repeated"
+        )
+    return {"rate": n / elapsed}
+
+
+async def _coro(awaitable: Any) -> Any:
+    return await awaitable
+
+
+# ------------------------------------------------------------------ parent
+
+
+def measure_once(workload: str, loop: str, k: int, impl: str, n: int) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", workload, loop, str(k), impl, str(n)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(
+            f"FAILED: {impl} on {workload} {loop} K={k} (exit {done.returncode}):\n"
+            f"{done.stdout[-2000:]}{done.stderr[-4000:]}"
+        )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def versions() -> dict[str, str]:
+    found = {
+        "python": platform.python_version(),
+        "asyncpool": importlib.metadata.version("asyncpool-dispatch"),
+    }
+    for name in PEER_DISTRIBUTIONS:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def run_suite(args: argparse.Namespace) -> dict[str, Any]:
+    workloads = args.workloads.split(",")
+    loops = args.loop.split(",")
+    ks = [int(k) for k in args.workers.split(",")]
+    chosen = args.impls.split(",") if args.impls else list(impls.IMPLS)
+    unknown = [name for name in chosen if name not in impls.IMPLS]
+    if unknown:
+        raise SystemExit(f"unknown implementations {unknown}; known: {list(impls.IMPLS)}")
+    sizes: dict[str, int] = {}
+    for workload in workloads:
+        n = DEFAULT_N[workload]
+        if args.jobs is not None and workload != "W5":
+            n = args.jobs
+        elif args.quick:
+            n //= QUICK_DIVISOR
+        sizes[workload] = n
+    rows: list[dict[str, Any]] = []
+    began = time.monotonic()
+    for workload in workloads:
+        names = [name for name in chosen if workload != "W5" or name in impls.LATENCY]
+        print(f"\n{workload}: {_title(workload)}, N = {sizes[workload]:,}", flush=True)
+        for loop in loops:
+            for k in ks:
+                runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+                for _ in range(args.repeat):
+                    for name in names:
+                        runs[name].append(measure_once(workload, loop, k, name, sizes[workload]))
+                for name in names:
+                    row = {"workload": workload, "loop": loop, "k": k, "impl": name}
+                    rows.append({**row, "runs": runs[name]})
+                _print_block([r for r in rows if _key(r) == (workload, loop, k)])
+        print(f"  ({time.monotonic() - began:.0f} s so far)", flush=True)
+    return {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {_cpus()} CPUs, {platform.system()}",
+        "versions": versions(),
+        "repeat": args.repeat,
+        "sizes": sizes,
+        "seconds": round(time.monotonic() - began),
+        "rows": rows,
+    }
+
+
+def _cpus() -> str:
+    import os
+
+    return str(os.cpu_count())
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str, int]:
+    return row["workload"], row["loop"], row["k"]
+
+
+def _is(row: dict[str, Any], workload: str, loop: str, k: int, impl: str) -> bool:
+    return _key(row) == (workload, loop, k) and row["impl"] == impl
+
+
+def _title(workload: str) -> str:
+    if workload == "W5":
+        return "submit-to-start latency with idle workers (samples per run)"
+    return impls.WORKLOADS[workload].title
+
+
+# --------------------------------------------------------------- reporting
+
+
+def summarise(block: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best, spread and ratios for the rows of one (workload, loop, K)."""
+    out = []
+    if block[0]["workload"] == "W5":
+        best = {r["impl"]: min(run["p50"] for run in r["runs"]) for r in block}
+        for r in block:
+            p50s = [run["p50"] for run in r["runs"]]
+            out.append(
+                {
+                    "impl": r["impl"],
+                    "p50": best[r["impl"]],
+                    "p99": min(run["p99"] for run in r["runs"]),
+                    "spread": (max(p50s) - min(p50s)) / statistics.mean(p50s),
+                    "x_floor": best[r["impl"]] / best["floor"] if "floor" in best else None,
+                }
+            )
+        return out
+    best = {r["impl"]: max(run["rate"] for run in r["runs"]) for r in block}
+    peers = [best[name] for name in best if name not in impls.NOT_PEERS]
+    fastest_peer = max(peers) if peers else None
+    for r in block:
+        rates = [run["rate"] for run in r["runs"]]
+        rate = best[r["impl"]]
+        out.append(
+            {
+                "impl": r["impl"],
+                "rate": rate,
+                "spread": (max(rates) - min(rates)) / statistics.mean(rates),
+                "x_floor": rate / best["floor"] if "floor" in best else None,
+                "x_peer": rate / fastest_peer if fastest_peer else None,
+            }
+        )
+    return out
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _print_block(block: list[dict[str, Any]]) -> None:
+    workload, loop, k = _key(block[0])
+    for s in summarise(block):
+        if workload == "W5":
+            print(
+                f"  {loop:8} K={k:<5} {s['impl']:28} p50 {s['p50'] * 1e6:8.1f} us"
+                f"  p99 {s['p99'] * 1e6:8.1f} us  spread {s['spread']:4.0%}"
+                f"  x floor {_ratio(s['x_floor'])}",
+                flush=True,
+            )
+        else:
+            print(
+                f"  {loop:8} K={k:<5} {s['impl']:28} {s['rate']:>10,.0f} jobs/s"
+                f"  spread {s['spread']:4.0%}  x floor {_ratio(s['x_floor']):>5}"
+                f"  x fastest peer {_ratio(s['x_peer']):>5}",
+                flush=True,
+            )
+
+
+def blocks(results: dict[str, Any], workload: str) -> list[list[dict[str, Any]]]:
+    keys: list[tuple[str, str, int]] = []
+    for row in results["rows"]:
+        if row["workload"] == workload and _key(row) not in keys:
+            keys.append(_key(row))
+    return [[r for r in results["rows"] if _key(r) == key] for key in keys]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    v = results["versions"]
+    sizes = results["sizes"]
+    lines = [
+        f"Measured {results['date']} on {results['machine']} (shared and noisy), "
+        f"Python {v['python']}, best of {results['repeat']} runs, each in a fresh "
+        f"process; the whole run took {results['seconds'] / 60:.0f} minutes.",
+        "",
+        "| package | version |",
+        "| --- | --- |",
+        *(f"| {name} | {version} |" for name, version in v.items() if name != "python"),
+        "",
+        "Jobs per run: "
+        + ", ".join(f"{w} N = {n:,}" for w, n in sizes.items() if w != "W5")
+        + (f"; W5: {sizes['W5']:,} samples after {WARMUP} thrown away." if "W5" in sizes else "."),
+        "",
+        "*x floor* is the rate divided by the floor's; *x fastest peer* is the rate "
+        "divided by that of the fastest of TaskGroup + Semaphore, aiojobs, asyncio-pool, "
+        "aiometer and anyio in the same row group (so the fastest peer shows 1.00). "
+        "*spread* is (max - min) / mean of the runs.",
+    ]
+    for workload in [w for w in sizes if w != "W5"]:
+        lines += [
+            "",
+            f"### {workload}: {impls.WORKLOADS[workload].title}",
+            "",
+            f"![{workload}: jobs per second by implementation](../_static/bench-"
+            f"{workload.lower()}.png)",
+            "",
+            "| loop | K | implementation | jobs/s | spread | x floor | x fastest peer |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for block in blocks(results, workload):
+            _, loop, k = _key(block[0])
+            for s in summarise(block):
+                name = f"**{s['impl']}**" if s["impl"].startswith("asyncpool") else s["impl"]
+                lines.append(
+                    f"| {loop} | {k} | {name} | {s['rate']:,.0f} | {s['spread']:.0%} "
+                    f"| {_ratio(s['x_floor'])} | {_ratio(s['x_peer'])} |"
+                )
+    if "W5" in sizes:
+        lines += [
+            "",
+            "### W5: submit-to-start latency with idle workers",
+            "",
+            "![W5: median submit-to-start latency](../_static/bench-w5.png)",
+            "",
+            "Microseconds from just before the submit call to the first line of the "
+            "job; best (lowest) p50 and p99 of the runs; *x floor* is p50 divided by "
+            "the floor's p50 (higher is slower). aiometer has no submit call (it maps "
+            "over a sequence given up front), so it has no row here.",
+            "",
+            "| loop | K | implementation | p50 µs | p99 µs | spread (p50) | x floor (p50) |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for block in blocks(results, "W5"):
+            _, loop, k = _key(block[0])
+            for s in summarise(block):
+                name = f"**{s['impl']}**" if s["impl"].startswith("asyncpool") else s["impl"]
+                lines.append(
+                    f"| {loop} | {k} | {name} | {s['p50'] * 1e6:.1f} | {s['p99'] * 1e6:.1f} "
+                    f"| {s['spread']:.0%} | {_ratio(s['x_floor'])} |"
+                )
+    return "\n".join(lines)
+
+
+def write_page(results: dict[str, Any]) -> None:
+    text = PAGE.read_text()
+    if START_MARK not in text or END_MARK not in text:
+        raise SystemExit(f"{PAGE} lacks the markers {START_MARK} / {END_MARK}")
+    head, rest = text.split(START_MARK, 1)
+    _, tail = rest.split(END_MARK, 1)
+    PAGE.write_text(f"{head}{START_MARK}\n\n{markdown(results)}\n\n{END_MARK}{tail}")
+    print(f"wrote the results into {PAGE.relative_to(ROOT)}")
+
+
+def plot(results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for workload in results["sizes"]:
+        groups = blocks(results, workload)
+        if not groups:
+            continue
+        loops = list(dict.fromkeys(_key(b[0])[1] for b in groups))
+        ks = list(dict.fromkeys(_key(b[0])[2] for b in groups))
+        names = list(dict.fromkeys(r["impl"] for b in groups for r in b))
+        fig, axes = plt.subplots(1, len(loops), figsize=(6 * len(loops), 4.5), squeeze=False)
+        width = 0.8 / len(names)
+        for ax, loop in zip(axes[0], loops, strict=True):
+            for j, name in enumerate(names):
+                values, worst = [], []
+                for k in ks:
+                    runs = [r["runs"] for b in groups for r in b if _is(r, workload, loop, k, name)]
+                    if not runs:
+                        values.append(0.0)
+                        worst.append(0.0)
+                    elif workload == "W5":
+                        values.append(min(run["p50"] for run in runs[0]) * 1e6)
+                        worst.append(max(run["p50"] for run in runs[0]) * 1e6)
+                    else:
+                        values.append(max(run["rate"] for run in runs[0]))
+                        worst.append(min(run["rate"] for run in runs[0]))
+                xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(ks))]
+                hatch = "//" if name.startswith("asyncpool") else None
+                ax.bar(xs, values, width, label=name, hatch=hatch, edgecolor="black", lw=0.3)
+                # A line from the best run to the worst one: the spread.
+                ax.vlines(xs, values, worst, colors="black", lw=0.8)
+            ax.set_xticks(range(len(ks)), [f"K = {k}" for k in ks])
+            ax.set_title(f"{workload} on {loop}")
+            ax.set_ylabel("p50 latency (µs, lower is better)" if workload == "W5" else "jobs/s")
+            ax.yaxis.set_major_formatter(lambda value, _: f"{value:,.0f}")
+            ax.grid(axis="y", alpha=0.3)
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.suptitle(
+            f"{_title(workload)}, N = {results['sizes'][workload]:,}; "
+            f"bar: best of {results['repeat']}, line: down to the worst",
+            fontsize=10,
+        )
+        fig.tight_layout()
+        path = STATIC / f"bench-{workload.lower()}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        print(f"wrote {path.relative_to(ROOT)}")
+
+
+# -------------------------------------------------------------------- main
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        workload, loop, k, impl, n = sys.argv[2:7]
+        print(json.dumps(child(workload, loop, int(k), impl, int(n))))
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="N / 10 (W5 too), one run each")
+    parser.add_argument("--jobs", type=int, help="N for W1 to W4 (W5 keeps its samples)")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5")
+    parser.add_argument("--workers", default="8,64,1024")
+    parser.add_argument("--loop", default="asyncio,uvloop")
+    parser.add_argument("--impls", default="", help="comma-separated names; default all")
+    parser.add_argument("--repeat", type=int)
+    parser.add_argument("--json", default="/tmp/asyncpool-peers.json", help="raw results")
+    parser.add_argument("--render-only", metavar="JSON", help="re-render saved results")
+    parser.add_argument("--no-write", action="store_true", help="leave docs/ alone")
+    args = parser.parse_args()
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.render_only:
+        results = json.loads(Path(args.render_only).read_text())
+    else:
+        results = run_suite(args)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+        print(f"\nraw results in {args.json}; {results['seconds']} s in all")
+    print()
+    print(markdown(results))
+    if not args.no_write:
+        write_page(results)
+        plot(results)
+
+
+if __name__ == "__main__":
+    main()
