@@ -93,7 +93,8 @@ class _JoinWaiter:
 def _close_if_coroutine(target: object) -> None:
     # A coroutine object that is refused will never run; closing it spares
     # the user a "coroutine ... was never awaited" warning on top of the error.
-    if inspect.iscoroutine(target):
+    # Only a fresh one: a started coroutine belongs to whoever is running it.
+    if inspect.iscoroutine(target) and inspect.getcoroutinestate(target) == inspect.CORO_CREATED:
         target.close()
 
 

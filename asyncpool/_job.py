@@ -128,6 +128,13 @@ def classify(
             arguments were given with a job object or a coroutine object.
     """
     if inspect.iscoroutine(target):
+        state = inspect.getcoroutinestate(target)
+        if state != inspect.CORO_CREATED:
+            raise TypeError(
+                f"submit() got a coroutine object that has already "
+                f"{'finished or been closed' if state == inspect.CORO_CLOSED else 'started'}; "
+                "a coroutine object runs once: submit a fresh one, or the coroutine function"
+            )
         if args or kwargs:
             raise TypeError(
                 "submit() got a coroutine object and extra arguments; pass either "

@@ -95,6 +95,33 @@ async def test_bad_input_coroutine_object_with_arguments() -> None:
     assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
 
 
+async def test_bad_input_used_coroutine_object_is_refused() -> None:
+    """A coroutine object that already ran (or was closed) is refused by submit, not by a worker."""
+    done = _coroutine_function(1)
+    assert await done == 1
+    closed = _coroutine_function(2)
+    closed.close()
+    async with asyncpool.Dispatcher(workers=1) as d:
+        for coro in (done, closed):
+            with pytest.raises(TypeError, match="coroutine object runs once"):
+                await d.submit(coro)
+        # One that another task is running is refused too, and left running.
+        gate = asyncio.Event()
+
+        async def waits() -> str:
+            await gate.wait()
+            return "untouched"
+
+        running = waits()
+        task = asyncio.ensure_future(running)
+        await asyncio.sleep(0)
+        with pytest.raises(TypeError, match="already started"):
+            await d.submit(running)
+        gate.set()
+        assert await task == "untouched"
+        assert d.stats().submitted == 0
+
+
 async def test_bad_input_future_is_refused() -> None:
     """An already scheduled awaitable (a future) is refused: it cannot be run by a worker."""
     async with asyncpool.Dispatcher(workers=1) as d:
