@@ -23,8 +23,7 @@ from typing import Any
 
 from asyncpool import Dispatcher
 from benchmarks.throughput import asyncpool_run as throughput_asyncpool_run
-from benchmarks.throughput import floor as throughput_floor
-from benchmarks.throughput import trivial
+from benchmarks.throughput import queue_floor, trivial
 
 Start = Callable[[Any], Coroutine[Any, Any, int]]
 Result = tuple[int, int]  # (how many results, their sum)
@@ -99,40 +98,8 @@ Impl = Callable[[Workload, Sequence[Any], int], Awaitable[Result]]
 
 
 async def floor(work: Workload, items: Sequence[Any], k: int) -> Result:
-    """The floor of benchmarks/throughput.py, for any workload.
-
-    For W1 it *is* `throughput.floor`; for the others the same code with
-    `start(item)` in place of `trivial(i)`.
-    """
-    if work.name == "W1":
-        n = len(items)
-        return n, await throughput_floor(n, k)
-    start = work.start
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[asyncio.Future[int], Any]] = asyncio.Queue()
-
-    async def worker() -> None:
-        while True:
-            future, item = await queue.get()
-            try:
-                future.set_result(await start(item))
-            except Exception as exc:
-                future.set_exception(exc)
-
-    async with asyncio.TaskGroup() as group:
-        workers = [group.create_task(worker()) for _ in range(k)]
-        futures = []
-        for item in items:
-            future: asyncio.Future[int] = loop.create_future()
-            queue.put_nowait((future, item))
-            futures.append(future)
-        count = total = 0
-        for future in futures:
-            total += await future
-            count += 1
-        for task in workers:
-            task.cancel()
-    return count, total
+    """The floor of benchmarks/throughput.py (`queue_floor`), for any workload."""
+    return await queue_floor(work.start, items, k)
 
 
 def asyncpool_impl(queue_size: int) -> Impl:

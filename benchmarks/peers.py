@@ -229,6 +229,11 @@ def summarise(block: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _display_name(impl: str) -> str:
+    """Implementation names for the tables: asyncpool's rows in bold."""
+    return f"**{impl}**" if impl.startswith("asyncpool") else impl
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -295,7 +300,7 @@ def markdown(results: dict[str, Any]) -> str:
         for block in blocks(results, workload):
             _, loop, k = _key(block[0])
             for s in summarise(block):
-                name = f"**{s['impl']}**" if s["impl"].startswith("asyncpool") else s["impl"]
+                name = _display_name(s["impl"])
                 lines.append(
                     f"| {loop} | {k} | {name} | {s['rate']:,.0f} | {s['spread']:.0%} "
                     f"| {_ratio(s['x_floor'])} | {_ratio(s['x_peer'])} |"
@@ -318,7 +323,7 @@ def markdown(results: dict[str, Any]) -> str:
         for block in blocks(results, "W5"):
             _, loop, k = _key(block[0])
             for s in summarise(block):
-                name = f"**{s['impl']}**" if s["impl"].startswith("asyncpool") else s["impl"]
+                name = _display_name(s["impl"])
                 lines.append(
                     f"| {loop} | {k} | {name} | {s['p50'] * 1e6:.1f} | {s['p99'] * 1e6:.1f} "
                     f"| {s['spread']:.0%} | {_ratio(s['x_floor'])} |"

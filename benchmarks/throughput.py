@@ -20,7 +20,7 @@ import gc
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,32 +33,44 @@ async def trivial(i: int) -> int:
     return i
 
 
-async def floor(n: int, k: int) -> int:
-    """One asyncio.Queue, k workers, one future per job, every future awaited."""
+async def queue_floor(
+    start: Callable[[Any], Awaitable[int]], items: Iterable[Any], k: int
+) -> tuple[int, int]:
+    """One asyncio.Queue, k workers, one future per job, every future awaited.
+
+    Each job is `start(item)`. Returns how many results came back and their
+    sum, so the caller can check that every job ran exactly once.
+    """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[asyncio.Future[int], int]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[asyncio.Future[int], Any]] = asyncio.Queue()
 
     async def worker() -> None:
         while True:
-            future, arg = await queue.get()
+            future, item = await queue.get()
             try:
-                future.set_result(await trivial(arg))
+                future.set_result(await start(item))
             except Exception as exc:
                 future.set_exception(exc)
 
     async with asyncio.TaskGroup() as group:
         workers = [group.create_task(worker()) for _ in range(k)]
         futures = []
-        for i in range(n):
+        for item in items:
             future: asyncio.Future[int] = loop.create_future()
-            queue.put_nowait((future, i))
+            queue.put_nowait((future, item))
             futures.append(future)
-        total = 0
+        count = total = 0
         for future in futures:
             total += await future
+            count += 1
         for task in workers:
             task.cancel()
-    return total
+    return count, total
+
+
+async def floor(n: int, k: int) -> int:
+    """The floor for n trivial jobs: the sum of their results."""
+    return (await queue_floor(trivial, range(n), k))[1]
 
 
 def asyncpool_run(queue_size: int) -> Callable[[int, int], Coroutine[Any, Any, int]]:
