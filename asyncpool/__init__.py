@@ -9,6 +9,8 @@ from ._dispatcher import Dispatcher
 from ._errors import AsyncPoolError, DispatcherClosed, JobTimeout, QueueFull
 from ._handle import JobHandle
 from ._job import AsyncJob, Job, JobState, SyncJob
+from ._map import as_completed
+from ._retry import Retry
 from ._stats import ShutdownReport, Stats
 
 __all__ = (
@@ -21,9 +23,11 @@ __all__ = (
     "JobState",
     "JobTimeout",
     "QueueFull",
+    "Retry",
     "ShutdownReport",
     "Stats",
     "SyncJob",
+    "as_completed",
 )
 
 __version__ = "0.1.0"

@@ -20,31 +20,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import inspect
+import itertools
 import logging
 import math
 import multiprocessing
 import pickle
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Callable,
+    Coroutine,
+    Hashable,
+    Iterable,
+)
 from concurrent.futures import ProcessPoolExecutor
 from types import FunctionType, TracebackType
-from typing import Any, Final, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
 
-from ._errors import DispatcherClosed, QueueFull
+from ._errors import DispatcherClosed, JobTimeout, QueueFull
 from ._handle import JobHandle
-from ._job import CORO_OBJECT, IN_PROCESS, IN_THREAD, ON_LOOP, JobState, classify
-from ._stats import ShutdownReport, Stats
-from ._worker import Inbox, Worker, wait_through_cancellation
+from ._job import CORO_OBJECT, IN_PROCESS, IN_THREAD, ON_LOOP, OPTIONED, JobState, classify
+from ._map import map_results
+from ._options import (
+    RESERVED_OPTIONS,
+    JobOptions,
+    check_job_timeout,
+    check_retry,
+    pop_options,
+)
+from ._retry import Retry
+from ._stats import WINDOW, LatencyWindow, ShutdownReport, Stats
+from ._worker import Inbox, Worker, running_dispatcher, wait_through_cancellation
 
-__all__ = ("Dispatcher",)
+__all__ = ("RESERVED_OPTIONS", "Dispatcher")
 
 logger = logging.getLogger("asyncpool")
 
 T = TypeVar("T")
+A = TypeVar("A")
 T_co = TypeVar("T_co", covariant=True)
 P = ParamSpec("P")
 
@@ -59,9 +78,7 @@ _future_set_exception = asyncio.Future.set_exception
 _future_cancel = asyncio.Future.cancel
 _CO_COROUTINE = inspect.CO_COROUTINE
 _BASE_LOOP_TIME = asyncio.BaseEventLoop.time
-
-RESERVED_OPTIONS: Final = frozenset({"timeout", "retry", "priority", "key"})
-"""Keyword names `submit` keeps for per-job options; never passed to a job."""
+_WINDOW_MASK = WINDOW - 1
 
 
 class _AsyncProcess(Protocol[T_co]):
@@ -109,6 +126,10 @@ def _check_picklable(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) 
             f"it or its arguments cannot be pickled: {exc}. Define the function at "
             "module level, or use sync_in='thread'"
         ) from exc
+
+
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -159,11 +180,23 @@ class Dispatcher:
             `workers` processes owned by the dispatcher, for CPU-bound work;
             the job and its arguments must be picklable, which `submit`
             checks).
+        timeout: The default time limit of a job's run, in seconds; a job
+            that runs longer is cancelled and fails with `JobTimeout`.
+            `submit(..., timeout=...)` overrides it per job (`timeout=None`
+            turns it off). Waiting in the queue does not count.
+        retry: The default `Retry` policy for failed jobs;
+            `submit(..., retry=...)` overrides it per job (`retry=None` turns
+            it off). Coroutine objects run once, so it does not apply to them.
+        rate_limit: At most this many job starts per second (a float > 0),
+            whatever the number of workers; None (the default) for no limit.
+        rate_burst: With `rate_limit`, how many jobs may start at once after
+            a quiet spell (the token bucket's size, >= 1).
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: `workers` < 1, `queue_size` < 0, or `sync_in` is neither
-            `"thread"` nor `"process"`.
+        ValueError: `workers` < 1, `queue_size` < 0, `sync_in` is neither
+            `"thread"` nor `"process"`, `timeout` or `rate_limit` is not > 0,
+            `rate_burst` < 1, or `rate_burst` is given without `rate_limit`.
     """
 
     def __init__(
@@ -175,6 +208,10 @@ class Dispatcher:
         on_error: Callable[[JobHandle[Any], BaseException], object] | None = None,
         name: str | None = None,
         sync_in: Literal["thread", "process"] = "thread",
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        rate_limit: float | None = None,
+        rate_burst: int | None = None,
     ) -> None:
         self._size = _check_int("workers", workers, 1)
         self._queue_size = _check_int("queue_size", queue_size, 0)
@@ -187,6 +224,26 @@ class Dispatcher:
         if sync_in not in ("thread", "process"):
             raise ValueError(f"sync_in must be 'thread' or 'process', got {sync_in!r}")
         self._sync_in = sync_in
+        self._default_timeout = check_job_timeout(timeout)
+        self._default_retry = check_retry(retry)
+        # Options on every job when a default is set: submit's fast path is off.
+        self._has_defaults = timeout is not None or retry is not None
+        if rate_limit is not None:
+            if isinstance(rate_limit, bool) or not isinstance(rate_limit, (int, float)):
+                raise TypeError(
+                    f"rate_limit must be a number of starts per second, got {rate_limit!r}"
+                )
+            if not (rate_limit > 0 and math.isfinite(rate_limit)):
+                raise ValueError(f"rate_limit must be > 0 starts per second, got {rate_limit}")
+        if rate_burst is not None:
+            _check_int("rate_burst", rate_burst, 1)
+            if rate_limit is None:
+                raise ValueError("rate_burst needs rate_limit (the burst of a rate limit)")
+        self._rate: float | None = None if rate_limit is None else float(rate_limit)
+        self._rate_burst = 1 if rate_burst is None else rate_burst
+        self._tokens = float(self._rate_burst)
+        self._tokens_at = 0.0
+        self._rate_timer: asyncio.TimerHandle | None = None
         self._process_pool: ProcessPoolExecutor | None = None
         self._fail_fast = fail_fast
         self._on_error = on_error
@@ -196,6 +253,10 @@ class Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: asyncio.Task[None] | None = None
         self._workers: list[Worker] = []
+        self._group: asyncio.TaskGroup | None = None
+        self._next_worker_index = 0
+        self._retiring = 0  # busy workers that leave when their job ends (resize)
+        self._old_pools: list[ProcessPoolExecutor] = []  # replaced by resize()
         self._idle_inboxes: asyncio.Queue[Inbox] = asyncio.Queue()
         self._idle_count = 0  # its qsize(), kept here: the hot path reads it per job
         self._wakeup = asyncio.Event()
@@ -206,6 +267,15 @@ class Dispatcher:
         # ("dead" entries) so that cancelling is O(1); `_backlog` counts the
         # live ones, and the bound applies to it.
         self._job_queue: deque[JobHandle[Any]] = deque()
+        # Jobs with a priority other than 0 wait in a heap of
+        # (-priority, seq, handle); priority-0 jobs in the deque, which a
+        # positive priority goes before and a negative one after.
+        self._priority_heap: list[tuple[int, int, JobHandle[Any]]] = []
+        self._seq = itertools.count()
+        # key -> jobs of that key parked until the running one ends. A key
+        # is present while a job of it holds it; it goes when the key idles.
+        self._keys: dict[Hashable, deque[JobHandle[Any]]] = {}
+        self._backing_off: set[JobHandle[Any]] = set()  # waiting to be retried
         self._backlog = 0
         self._dead = 0
         self._putters: deque[asyncio.Future[None]] = deque()
@@ -219,6 +289,11 @@ class Dispatcher:
         self._succeeded = 0
         self._failed = 0
         self._cancelled = 0
+        self._retried = 0
+        self._rejected = 0
+        self._timed_out = 0
+        self._queue_wait = LatencyWindow()
+        self._run_time = LatencyWindow()
 
         self._join_waiters: list[_JoinWaiter] = []
         self._join_horizon = 0  # the largest horizon of any waiter; 0 = none
@@ -243,7 +318,7 @@ class Dispatcher:
 
     @property
     def workers(self) -> int:
-        """The size of the pool."""
+        """The size of the pool: how many jobs may run at once (see `resize`)."""
         return self._size
 
     @property
@@ -268,13 +343,19 @@ class Dispatcher:
         """
         return Stats(
             workers=self._size,
-            idle=self._size - self._busy,
+            # After a shrink, workers that are leaving may still be busy.
+            idle=max(0, self._size - self._busy),
             busy=self._busy,
             queued=self._queued,
             submitted=self._submitted,
             succeeded=self._succeeded,
             failed=self._failed,
             cancelled=self._cancelled,
+            retried=self._retried,
+            rejected=self._rejected,
+            timed_out=self._timed_out,
+            queue_wait=self._queue_wait.snapshot(),
+            run_time=self._run_time.snapshot(),
         )
 
     def __repr__(self) -> str:
@@ -338,6 +419,8 @@ class Dispatcher:
         if self._sync_in == "process":
             self._process_pool = self._new_process_pool()
         self._workers = [Worker(self, i) for i in range(self._size)]
+        self._next_worker_index = self._size
+        self._tokens_at = loop.time()
         ready: asyncio.Future[None] = loop.create_future()
         self._lifecycle = _Lifecycle.RUNNING
         self._runner = loop.create_task(self._run(ready), name=f"{self._label()} runner")
@@ -353,6 +436,7 @@ class Dispatcher:
         label = self._label()
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 for worker in self._workers:
                     group.create_task(worker.run(), name=f"{label} worker {worker.index}")
                 group.create_task(self._dispatch_loop(), name=f"{label} loop")
@@ -366,13 +450,15 @@ class Dispatcher:
             # shutdown.
             pass
         finally:
+            self._group = None
             if not ready.done():
                 ready.cancel()
             self._tear_down()
-            if self._process_pool is not None:
-                # Every job is final, so the processes are idle: wait for them
-                # to exit, so that none outlives the dispatcher.
-                await anyio.to_thread.run_sync(self._process_pool.shutdown)
+            for pool in (*self._old_pools, self._process_pool):
+                if pool is not None:
+                    # Every job is final, so the processes are idle: wait for
+                    # them to exit, so that none outlives the dispatcher.
+                    await anyio.to_thread.run_sync(pool.shutdown)
 
     def _tear_down(self) -> None:
         # Whatever way the runner ended, every handle ends final and nobody
@@ -380,6 +466,9 @@ class Dispatcher:
         self._cancelling = True
         self._stopping = True
         self._cancel_queued_jobs()
+        if self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
         self._lifecycle = _Lifecycle.CLOSED
         self._wake_putters(everyone=True)
 
@@ -512,6 +601,62 @@ class Dispatcher:
         """The `ShutdownReport` of the last `close()` (or `async with` exit); None before."""
         return self._shutdown_report
 
+    def resize(self, workers: int) -> None:
+        """Change the number of workers while the dispatcher runs.
+
+        Growing starts the new workers at once; they take queued jobs right
+        away (which makes room for waiting submitters). Shrinking stops idle
+        workers first, then busy ones as they finish their current job: a
+        running job is never cancelled, so for a while more jobs than
+        `workers` may still be running, but no new one starts until fewer
+        than `workers` run. `stats().workers` is the new size at once.
+
+        Raises:
+            TypeError: `workers` is not an int.
+            ValueError: `workers` < 1.
+            DispatcherClosed: the dispatcher is not running.
+        """
+        size = _check_int("workers", workers, 1)
+        if self._lifecycle is not _Lifecycle.RUNNING or self._group is None:
+            raise DispatcherClosed(f"cannot resize: {self._label()} is {self._lifecycle}")
+        old = self._size
+        self._size = size
+        assert self._thread_limiter is not None
+        self._thread_limiter.total_tokens = size
+        if size > old:
+            # Workers on their way out stay instead: starting new ones next to
+            # them would run more jobs at once than `size`.
+            kept = min(self._retiring, size - old)
+            self._retiring -= kept
+            label = self._label()
+            for _ in range(size - old - kept):
+                worker = Worker(self, self._next_worker_index)
+                self._next_worker_index += 1
+                self._workers.append(worker)
+                self._group.create_task(worker.run(), name=f"{label} worker {worker.index}")
+            if self._process_pool is not None:
+                # A process pool cannot grow: jobs already sent to the old one
+                # finish there; it is shut down with the dispatcher.
+                self._old_pools.append(self._process_pool)
+                self._process_pool.shutdown(wait=False)
+                self._process_pool = self._new_process_pool()
+        elif size < old:
+            leaving = old - size
+            idle = self._idle_inboxes
+            while leaving and self._idle_count:  # the longest idle first
+                self._idle_count -= 1
+                self._retire(idle.get_nowait())
+                leaving -= 1
+            self._retiring += leaving
+
+    def _retire(self, inbox: Inbox) -> None:
+        """Tell the worker that owns `inbox` to stop, and forget it."""
+        for worker in self._workers:
+            if worker.inbox is inbox:
+                self._workers.remove(worker)
+                break
+        inbox.put_nowait(None)
+
     async def _exit_fail_fast(
         self, exc_type: type[BaseException] | None, exc: BaseException | None
     ) -> None:
@@ -574,17 +719,36 @@ class Dispatcher:
                 handle.cancel()
 
     def _cancel_queued_jobs(self) -> None:
+        # Parked jobs first, and the key table with them: ending a key's
+        # running job must not un-park the next one into a queue being emptied.
+        parked = [handle for waiters in self._keys.values() for handle in waiters]
+        self._keys.clear()
+        for handle in parked:
+            handle._opts.parked = False
+            self._backlog -= 1
         jobs = self._job_queue
-        while jobs:
-            handle = jobs.popleft()
+        heap = self._priority_heap
+        while jobs or heap:
+            handle = jobs.popleft() if jobs else heapq.heappop(heap)[2]
             if handle._job_state is _QUEUED:
                 self._backlog -= 1
                 self._cancel_unstarted(handle)
         self._dead = 0
+        for handle in parked:
+            self._cancel_unstarted(handle)
+        while self._backing_off:
+            handle = self._backing_off.pop()
+            timer = handle._opts.timer
+            if timer is not None:
+                timer.cancel()
+                handle._opts.timer = None
+            self._cancel_unstarted(handle)
 
     def _cancel_unstarted(self, handle: JobHandle[Any]) -> None:
-        """A shutdown cancels a job that never started; the report lists it."""
-        self._never_started.append(handle)
+        """A shutdown cancels a job that is not running; the report lists it."""
+        # A job between two tries (waiting out a backoff, or queued again)
+        # has run: it was interrupted, not never started.
+        (self._interrupted if handle.attempts else self._never_started).append(handle)
         self._finish_cancelled(handle, None)
 
     def _stop_workers(self) -> None:
@@ -598,11 +762,37 @@ class Dispatcher:
     # ----------------------------------------------------------- submitting
 
     @overload
-    async def submit(self, job: _AsyncProcess[T], /) -> JobHandle[T]: ...
+    async def submit(
+        self,
+        job: _AsyncProcess[T],
+        /,
+        *,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> JobHandle[T]: ...
     @overload
-    async def submit(self, job: _SyncProcess[T], /) -> JobHandle[T]: ...
+    async def submit(
+        self,
+        job: _SyncProcess[T],
+        /,
+        *,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> JobHandle[T]: ...
     @overload
-    async def submit(self, job: Coroutine[Any, Any, T], /) -> JobHandle[T]: ...
+    async def submit(
+        self,
+        job: Coroutine[Any, Any, T],
+        /,
+        *,
+        timeout: float | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> JobHandle[T]: ...
     @overload
     async def submit(
         self, fn: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
@@ -610,6 +800,106 @@ class Dispatcher:
     @overload
     async def submit(
         self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> JobHandle[T]: ...
+    # With per-job options. A ParamSpec cannot have keywords of its own next
+    # to P.kwargs, so these check the result type but not the job's
+    # arguments; each requires one option, so that a call without options
+    # never falls through to them.
+    @overload
+    async def submit(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        timeout: float | None,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    async def submit(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        retry: Retry | None,
+        timeout: float | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    async def submit(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        priority: int,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        key: Hashable | None = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    async def submit(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        key: Hashable | None,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    async def submit(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        timeout: float | None,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    async def submit(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        retry: Retry | None,
+        timeout: float | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    async def submit(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        priority: int,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        key: Hashable | None = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    async def submit(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        key: Hashable | None,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        **kwargs: Any,
     ) -> JobHandle[T]: ...
     async def submit(self, target: Any, /, *args: Any, **kwargs: Any) -> JobHandle[Any]:
         """Queue a job and return its handle, waiting for room if the queue is full.
@@ -636,23 +926,55 @@ class Dispatcher:
             DispatcherClosed: the dispatcher is not running (not started,
                 closing or closed), including when it closes while waiting.
         """
-        how, fn = self._prepare(target, args, kwargs)
+        how, fn, opts = self._prepare(target, args, kwargs)
         size = self._queue_size
         # _has_room(), inlined: this runs for every job.
-        if size and (self._putters or self._backlog + self._reserved >= size):
+        if (
+            size
+            and (self._putters or self._backlog + self._reserved >= size)
+            # A job of this dispatcher (or a task it started) never waits for
+            # room: if every worker runs such a job, nobody would make room.
+            and running_dispatcher.get() is not self
+        ):
             try:
                 await self._wait_for_room()
             except BaseException:
                 _close_if_coroutine(fn)
                 raise
-        return self._enqueue(how, fn, args, kwargs)
+        return self._enqueue(how, fn, args, kwargs, opts)
 
     @overload
-    def submit_nowait(self, job: _AsyncProcess[T], /) -> JobHandle[T]: ...
+    def submit_nowait(
+        self,
+        job: _AsyncProcess[T],
+        /,
+        *,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> JobHandle[T]: ...
     @overload
-    def submit_nowait(self, job: _SyncProcess[T], /) -> JobHandle[T]: ...
+    def submit_nowait(
+        self,
+        job: _SyncProcess[T],
+        /,
+        *,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> JobHandle[T]: ...
     @overload
-    def submit_nowait(self, job: Coroutine[Any, Any, T], /) -> JobHandle[T]: ...
+    def submit_nowait(
+        self,
+        job: Coroutine[Any, Any, T],
+        /,
+        *,
+        timeout: float | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> JobHandle[T]: ...
     @overload
     def submit_nowait(
         self, fn: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
@@ -660,6 +982,106 @@ class Dispatcher:
     @overload
     def submit_nowait(
         self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> JobHandle[T]: ...
+    # With per-job options. A ParamSpec cannot have keywords of its own next
+    # to P.kwargs, so these check the result type but not the job's
+    # arguments; each requires one option, so that a call without options
+    # never falls through to them.
+    @overload
+    def submit_nowait(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        timeout: float | None,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    def submit_nowait(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        retry: Retry | None,
+        timeout: float | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    def submit_nowait(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        priority: int,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        key: Hashable | None = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    def submit_nowait(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        key: Hashable | None,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    def submit_nowait(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        timeout: float | None,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    def submit_nowait(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        retry: Retry | None,
+        timeout: float | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    def submit_nowait(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        priority: int,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        key: Hashable | None = ...,
+        **kwargs: Any,
+    ) -> JobHandle[T]: ...
+    @overload
+    def submit_nowait(  # type: ignore[overload-cannot-match]
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        key: Hashable | None,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        **kwargs: Any,
     ) -> JobHandle[T]: ...
     def submit_nowait(self, target: Any, /, *args: Any, **kwargs: Any) -> JobHandle[Any]:
         """Queue a job without waiting; like `submit`, but a full queue is an error.
@@ -669,43 +1091,52 @@ class Dispatcher:
             TypeError: as for `submit`.
             DispatcherClosed: as for `submit`.
         """
-        how, fn = self._prepare(target, args, kwargs)
+        how, fn, opts = self._prepare(target, args, kwargs)
         if not self._has_room():
             _close_if_coroutine(fn)
+            self._rejected += 1
             raise QueueFull(
                 f"the job queue of {self._label()} is full "
                 f"(queue_size={self._queue_size}, all places taken or promised)"
             )
-        return self._enqueue(how, fn, args, kwargs)
+        return self._enqueue(how, fn, args, kwargs, opts)
 
     def _prepare(
         self, target: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[int, Any]:
+    ) -> tuple[int, Any, JobOptions | None]:
         if (
             type(target) is FunctionType
             and target.__code__.co_flags & _CO_COROUTINE
             and not kwargs
             and self._lifecycle is _Lifecycle.RUNNING
+            and not self._has_defaults
         ):
-            return ON_LOOP, target  # the common case, decided without classify()
+            return ON_LOOP, target, None  # the common case, decided without classify()
         try:
-            if kwargs and not RESERVED_OPTIONS.isdisjoint(kwargs):
-                names = ", ".join(sorted(RESERVED_OPTIONS.intersection(kwargs)))
-                raise TypeError(
-                    f"submit() keeps {names} for per-job options, which this version of "
-                    "asyncpool does not offer yet; to pass a job's own argument of that "
-                    "name, bind it with functools.partial"
-                )
+            opts = None
+            if self._has_defaults or not RESERVED_OPTIONS.isdisjoint(kwargs):
+                retry_given = kwargs.get("retry") is not None
+                opts = pop_options(kwargs, self._default_timeout, self._default_retry)
             how, fn = classify(target, args, kwargs)
             if how == IN_THREAD and self._sync_in == "process":
                 how = IN_PROCESS
                 _check_picklable(fn, args, kwargs)
+            if opts is not None:
+                if how == CORO_OBJECT and opts.retry is not None:
+                    if retry_given:
+                        raise TypeError(
+                            "submit() got a coroutine object with retry=: a coroutine "
+                            "object runs once; submit the coroutine function and its "
+                            "arguments to retry it"
+                        )
+                    opts.retry = None  # the dispatcher's default cannot apply
+                how += OPTIONED
             if self._lifecycle is not _Lifecycle.RUNNING:
                 raise self._closed_error()
         except BaseException:
             _close_if_coroutine(target)
             raise
-        return how, fn
+        return how, fn, opts
 
     def _closed_error(self) -> DispatcherClosed:
         state = self._lifecycle
@@ -759,7 +1190,12 @@ class Dispatcher:
             room -= 1
 
     def _enqueue(
-        self, how: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        how: int,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: JobOptions | None,
     ) -> JobHandle[Any]:
         loop = self._loop
         assert loop is not None
@@ -777,10 +1213,110 @@ class Dispatcher:
         handle._queued_at = self._now()
         self._queued += 1
         self._backlog += 1
-        self._job_queue.append(handle)
+        if opts is None:
+            self._job_queue.append(handle)
+        else:
+            handle._opts = opts
+            handle._attempts = 0
+            self._push(handle, opts)
         if self._idle_count:
             self._wakeup.set()
         return handle
+
+    def _push(self, handle: JobHandle[Any], opts: JobOptions) -> None:
+        """Queue a job with options at the back of its priority."""
+        if opts.priority:
+            opts.seq = next(self._seq)
+            heapq.heappush(self._priority_heap, (-opts.priority, opts.seq, handle))
+        else:
+            self._job_queue.append(handle)
+
+    # ------------------------------------------------------------ streaming
+
+    @overload
+    def map(
+        self,
+        fn: Callable[[A], Coroutine[Any, Any, T]],
+        iterable: Iterable[A] | AsyncIterable[A],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        return_exceptions: Literal[False] = ...,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> AsyncGenerator[T, None]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A], Coroutine[Any, Any, T]],
+        iterable: Iterable[A] | AsyncIterable[A],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        return_exceptions: Literal[True],
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> AsyncGenerator[T | BaseException, None]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A] | AsyncIterable[A],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        return_exceptions: Literal[False] = ...,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> AsyncGenerator[T, None]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A] | AsyncIterable[A],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        return_exceptions: Literal[True],
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> AsyncGenerator[T | BaseException, None]: ...
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        /,
+        *,
+        ordered: bool = True,
+        window: int | None = None,
+        return_exceptions: bool = False,
+        **job_options: Any,
+    ) -> AsyncGenerator[Any, None]:
+        """Run `fn(item)` as a job for each item of `iterable`; yield the results.
+
+        MAP_DOC_PLACEHOLDER
+        """
+        return map_results(
+            self,
+            fn,
+            iterable,
+            ordered=ordered,
+            window=window,
+            return_exceptions=return_exceptions,
+            job_options=job_options,
+        )
 
     # -------------------------------------------------------------- routing
 
@@ -793,8 +1329,12 @@ class Dispatcher:
         """
         idle = self._idle_inboxes
         while self._idle_count:
+            if self._rate is not None and not self._take_token():
+                return  # a timer routes again when the next start is allowed
             handle = self._pop_job()
             if handle is None:
+                if self._rate is not None:
+                    self._tokens += 1  # not used: give it back
                 return
             self._idle_count -= 1
             idle.get_nowait().put_nowait(handle)
@@ -810,31 +1350,115 @@ class Dispatcher:
         Returns None when the worker must wait on its inbox (or stop, if the
         dispatcher is stopping).
         """
-        if self._stopping:
+        if self._stopping or self._retiring:
+            if not self._stopping:  # a resize() shrank the pool: this worker leaves
+                self._retiring -= 1
+                self._retire(inbox)
             return None
-        if self._job_queue and not self._idle_count:
+        if (
+            (self._job_queue or self._priority_heap)
+            and not self._idle_count
+            and self._rate is None  # with a rate limit, _route decides
+        ):
             handle = self._pop_job()
             if handle is not None:
                 return handle
         self._idle_count += 1
         self._idle_inboxes.put_nowait(inbox)
-        if self._job_queue:
+        if self._job_queue or self._priority_heap:
             self._route()
         return None
 
     def _pop_job(self) -> JobHandle[Any] | None:
-        """Take the oldest live job off the job queue, freeing its room."""
+        """Take the next job that may start off the job queue, freeing its room.
+
+        The next job is the oldest of the highest priority; a job whose key
+        is held by another job is parked behind it instead (it keeps its
+        room: parked jobs count against `queue_size`).
+        """
         jobs = self._job_queue
-        while jobs:
-            handle = jobs.popleft()
-            if handle._job_state is _QUEUED:
-                handle._handed_over = True
-                self._backlog -= 1
-                if self._putters:
-                    self._wake_putters()
-                return handle
-            self._dead -= 1  # cancelled while it waited
-        return None
+        heap = self._priority_heap
+        while True:
+            if heap and (heap[0][0] < 0 or not jobs):
+                handle = heapq.heappop(heap)[2]
+            elif jobs:
+                handle = jobs.popleft()
+            else:
+                return None
+            if handle._job_state is not _QUEUED:
+                self._dead -= 1  # cancelled while it waited
+                continue
+            if (
+                handle._how >= OPTIONED
+                and handle._opts.key is not None
+                and not self._claim_key(handle)
+            ):
+                continue  # parked behind the running job of its key
+            handle._handed_over = True
+            self._backlog -= 1
+            if self._putters:
+                self._wake_putters()
+            return handle
+
+    def _claim_key(self, handle: JobHandle[Any]) -> bool:
+        """Let a keyed job start if its key is free (or already its own); else park it."""
+        opts = handle._opts
+        if opts.holds_key:
+            return True
+        parked = self._keys.get(opts.key)
+        if parked is None:
+            self._keys[opts.key] = deque()
+            opts.holds_key = True
+            return True
+        parked.append(handle)
+        opts.parked = True
+        return False
+
+    def _release_key(self, opts: JobOptions) -> None:
+        """A job that held its key is final: the key's next job may go, or the key idles."""
+        opts.holds_key = False
+        parked = self._keys.get(opts.key)
+        if parked is None:
+            return  # a shutdown cleared the table
+        if not parked:
+            del self._keys[opts.key]  # nothing kept for an idle key
+            return
+        handle = parked.popleft()
+        following = handle._opts
+        following.parked = False
+        following.holds_key = True
+        # It was next when it was parked: it goes to the front of its priority.
+        if following.priority:
+            heapq.heappush(self._priority_heap, (-following.priority, following.seq, handle))
+        else:
+            self._job_queue.appendleft(handle)
+        if self._idle_count:
+            self._wakeup.set()
+
+    def _take_token(self) -> bool:
+        """The rate limit's token bucket: may a job start now?
+
+        If not, a timer routes again when the next token is due.
+        """
+        assert self._rate is not None
+        assert self._loop is not None
+        now = self._loop.time()
+        tokens = min(self._rate_burst, self._tokens + (now - self._tokens_at) * self._rate)
+        self._tokens_at = now
+        # The tolerance absorbs float rounding: a timer set for the exact
+        # moment of the next token must find it there.
+        if tokens >= 1 - 1e-9:
+            self._tokens = max(0.0, tokens - 1)
+            return True
+        self._tokens = tokens
+        if self._rate_timer is None:
+            self._rate_timer = self._loop.call_later((1 - tokens) / self._rate, self._token_due)
+        return False
+
+    def _token_due(self) -> None:
+        self._rate_timer = None
+        if not self._stopping:
+            self._route()
 
     async def _dispatch_loop(self) -> None:
         """Sleep until a job waits while a worker is idle; then route."""
@@ -852,23 +1476,46 @@ class Dispatcher:
         handle._job_state = _RUNNING
         handle._worker_task = task
         handle._cancel_requested = False
-        handle._attempts = 1  # a job starts once (retries, when they come, count on from here)
-        handle._started_at = self._now()
+        now = handle._started_at = self._now()
+        if handle._how < OPTIONED or not handle._attempts:
+            handle._attempts = 1
+            # The latency window, inlined (O(1)): wait from submission to first start.
+            window = self._queue_wait
+            window.values[window.count & _WINDOW_MASK] = now - handle._queued_at
+            window.count += 1
+        else:
+            handle._attempts += 1
         self._queued -= 1
         self._busy += 1
 
     def _finish_succeeded(self, handle: JobHandle[Any], result: Any) -> None:
         handle._job_state = _SUCCEEDED
-        handle._finished_at = self._now()
+        now = handle._finished_at = self._now()
+        window = self._run_time
+        window.values[window.count & _WINDOW_MASK] = now - handle._started_at
+        window.count += 1
         self._busy -= 1
         self._succeeded += 1
         _future_set_result(handle, result)
         if handle.id <= self._join_horizon:
             self._count_for_joins(handle)
+        if handle._how >= OPTIONED and handle._opts.holds_key:
+            self._release_key(handle._opts)
 
     def _finish_failed(self, handle: JobHandle[Any], exc: BaseException, *, fatal: bool) -> None:
+        now = self._now()
+        window = self._run_time
+        window.values[window.count & _WINDOW_MASK] = now - handle._started_at
+        window.count += 1
+        if handle._how >= OPTIONED:
+            if isinstance(exc, JobTimeout):
+                self._timed_out += 1
+            if not fatal and self._retry_later(handle, exc):
+                return
+            if handle._opts.holds_key:
+                self._release_key(handle._opts)
         handle._job_state = _FAILED
-        handle._finished_at = self._now()
+        handle._finished_at = now
         self._busy -= 1
         self._failed += 1
         # Someone is waiting if the future has callbacks: an awaiting task
@@ -893,7 +1540,7 @@ class Dispatcher:
     def _finish_cancelled(self, handle: JobHandle[Any], msg: Any) -> None:
         if handle._job_state is _QUEUED:
             self._queued -= 1
-            if handle._how == CORO_OBJECT:
+            if handle._how % OPTIONED == CORO_OBJECT:
                 handle._fn.close()  # it will never run: no "never awaited" warning
         else:
             self._busy -= 1
@@ -903,17 +1550,90 @@ class Dispatcher:
         _future_cancel(handle, msg)
         if handle.id <= self._join_horizon:
             self._count_for_joins(handle)
+        if handle._how >= OPTIONED and handle._opts.holds_key:
+            self._release_key(handle._opts)
+
+    def _retry_later(self, handle: JobHandle[Any], exc: BaseException) -> bool:
+        """A try failed: if the job's policy retries it, send it to wait out its backoff.
+
+        While it waits the job holds no worker and counts as queued; its key,
+        if it has one, stays held, so later jobs of the key keep their order.
+        """
+        policy = handle._opts.retry
+        if (
+            policy is None
+            or handle._attempts >= policy.attempts
+            or handle._cancel_requested  # asked to stop: it does not come back
+            or self._cancelling
+            or not policy.retries(exc)
+        ):
+            return False
+        handle._job_state = _QUEUED
+        handle._worker_task = None
+        handle._handed_over = False
+        self._busy -= 1
+        self._queued += 1
+        self._retried += 1
+        delay = policy.delay(handle._attempts)
+        logger.warning(
+            "%s: job %d (%s) failed (try %d of %d), retrying in %.3g s: %r",
+            self._label(),
+            handle.id,
+            _name(handle._fn),
+            handle._attempts,
+            policy.attempts,
+            delay,
+            exc,
+        )
+        assert self._loop is not None
+        self._backing_off.add(handle)
+        handle._opts.timer = self._loop.call_later(delay, self._requeue, handle)
+        return True
+
+    def _requeue(self, handle: JobHandle[Any]) -> None:
+        """A retry's backoff is over: the job goes back in the queue."""
+        handle._opts.timer = None
+        self._backing_off.discard(handle)
+        if handle._job_state is not _QUEUED:
+            return
+        if self._cancelling:
+            self._cancel_unstarted(handle)
+            return
+        # Back in the queue even when it is full: the job was accepted long
+        # ago, and nobody is there to wait for room.
+        self._backlog += 1
+        self._push(handle, handle._opts)
+        if self._idle_count:
+            self._wakeup.set()
 
     def _cancel_queued(self, handle: JobHandle[Any], msg: Any) -> None:
-        """`handle.cancel()` on a job that has not started."""
+        """`handle.cancel()` on a job that has not started (or waits to be retried)."""
+        if handle._how >= OPTIONED:
+            opts = handle._opts
+            if opts.timer is not None:  # waiting out a retry backoff
+                opts.timer.cancel()
+                opts.timer = None
+                self._backing_off.discard(handle)
+                self._finish_cancelled(handle, msg)
+                return
+            if opts.parked:  # waiting for its key, outside the queue
+                opts.parked = False
+                self._keys[opts.key].remove(handle)
+                self._backlog -= 1
+                self._finish_cancelled(handle, msg)
+                if self._putters:
+                    self._wake_putters()
+                return
         in_queue = not handle._was_handed_over()
         self._finish_cancelled(handle, msg)
         if in_queue:
             # Left in the job queue for _route to skip; its room is free now.
             self._backlog -= 1
             self._dead += 1
-            if self._dead > 64 and self._dead * 2 > len(self._job_queue):
+            if self._dead > 64 and self._dead * 2 > len(self._job_queue) + len(self._priority_heap):
                 self._job_queue = deque(h for h in self._job_queue if h._job_state is _QUEUED)
+                self._priority_heap = [e for e in self._priority_heap if e[2]._job_state is _QUEUED]
+                heapq.heapify(self._priority_heap)
                 self._dead = 0
             if self._putters:
                 self._wake_putters()

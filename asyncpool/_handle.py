@@ -9,6 +9,7 @@ from ._job import JobState
 
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher
+    from ._options import JobOptions
 
 __all__ = ("JobHandle",)
 
@@ -49,6 +50,7 @@ class JobHandle(asyncio.Future[T], Generic[T]):
         "_queued_at",
         "_started_at",
         "_finished_at",
+        "_opts",
         "id",
     )
 
@@ -65,6 +67,7 @@ class JobHandle(asyncio.Future[T], Generic[T]):
     _queued_at: float
     _started_at: float
     _finished_at: float
+    _opts: JobOptions  # set only when `_how >= OPTIONED`
     id: int
 
     @property
@@ -74,7 +77,8 @@ class JobHandle(asyncio.Future[T], Generic[T]):
 
     @property
     def attempts(self) -> int:
-        """How many times the job has been started (0 while it waits)."""
+        """How many times the job has been started: 0 before its first try, then 1,
+        and one more for each retry."""
         try:
             return self._attempts
         except AttributeError:  # not started yet: the slot is left unset
@@ -87,7 +91,7 @@ class JobHandle(asyncio.Future[T], Generic[T]):
 
     @property
     def started_at(self) -> float | None:
-        """When a worker started the job, on the loop's clock; None before that."""
+        """When a worker started the job (its latest try), on the loop's clock; None before that."""
         try:
             return self._started_at
         except AttributeError:

@@ -93,6 +93,9 @@ CORO_OBJECT = 2
 """`fn` is a coroutine object; the worker awaits it once."""
 IN_PROCESS = 3
 """`fn(*args, **kwargs)` is blocking and runs in a worker process (`sync_in="process"`)."""
+OPTIONED = 4
+"""Added to one of the above when the job has per-job options (`JobHandle._opts`):
+a single comparison (`how >= OPTIONED`) keeps plain jobs on the fast path."""
 
 
 def _is_async_callable(fn: object) -> bool:

@@ -3,12 +3,58 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from array import array
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._handle import JobHandle
 
-__all__ = ("ShutdownReport", "Stats")
+__all__ = ("Latency", "LatencyWindow", "ShutdownReport", "Stats")
+
+WINDOW: int = 1024
+"""How many recent samples the latency percentiles are taken over (a power of two)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Latency:
+    """Percentiles of a duration over the most recent jobs, in seconds.
+
+    Attributes:
+        p50: The median.
+        p95: 95% of the samples are at most this.
+        p99: 99% of the samples are at most this.
+        samples: How many samples the percentiles are taken over (at most
+            the last 1024).
+    """
+
+    p50: float
+    p95: float
+    p99: float
+    samples: int
+
+
+class LatencyWindow:
+    """A ring of the last `WINDOW` samples: O(1) to record, sorted only when read."""
+
+    __slots__ = ("values", "count")
+
+    def __init__(self) -> None:
+        self.values = array("d", bytes(8 * WINDOW))
+        self.count = 0
+        """Samples recorded so far; the next one goes to `count % WINDOW`."""
+
+    def snapshot(self) -> Latency | None:
+        n = min(self.count, WINDOW)
+        if not n:
+            return None
+        ordered = sorted(self.values[:n])
+
+        def rank(q: float) -> float:
+            # Nearest-rank percentile: the smallest sample with at least q of them at or below it.
+            return ordered[max(0, math.ceil(q * n) - 1)]
+
+        return Latency(p50=rank(0.50), p95=rank(0.95), p99=rank(0.99), samples=n)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -27,6 +73,16 @@ class Stats:
         succeeded: Jobs that returned a result.
         failed: Jobs that raised an exception.
         cancelled: Jobs cancelled before or while running.
+        retried: Retries scheduled: failed tries that a `Retry` policy sent
+            back to the queue (a job that ran three times counts 2).
+        rejected: `submit_nowait` calls refused with `QueueFull`.
+        timed_out: Tries stopped by their `timeout` (a retried timeout
+            counts once per try).
+        queue_wait: Time from being submitted to first starting, over the
+            most recent jobs; None before the first start.
+        run_time: Time from starting to succeeding or failing, over the most
+            recent tries that ran to an end (cancelled runs are left out);
+            None before the first.
     """
 
     workers: int
@@ -37,6 +93,11 @@ class Stats:
     succeeded: int
     failed: int
     cancelled: int
+    retried: int = 0
+    rejected: int = 0
+    timed_out: int = 0
+    queue_wait: Latency | None = None
+    run_time: Latency | None = None
 
     @property
     def finished(self) -> int:
@@ -56,7 +117,9 @@ class ShutdownReport:
         never_started: Jobs that were still queued: they never ran. Their
             handles still hold what was submitted, so they can be submitted
             again elsewhere.
-        interrupted: Jobs that were running and were cancelled part-way.
+        interrupted: Jobs that had started and were cancelled part-way:
+            running, or waiting out a retry backoff, or queued again for
+            a retry.
     """
 
     never_started: tuple[JobHandle[Any], ...] = ()

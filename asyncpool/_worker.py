@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import threading
 from collections.abc import Callable
@@ -18,13 +19,22 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
+from ._errors import JobTimeout
 from ._handle import JobHandle
-from ._job import CORO_OBJECT, IN_THREAD, ON_LOOP, JobState
+from ._job import CORO_OBJECT, IN_PROCESS, IN_THREAD, ON_LOOP, OPTIONED, JobState
 
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher
 
-__all__ = ("Inbox", "Worker")
+__all__ = ("Inbox", "Worker", "running_dispatcher", "wait_through_cancellation")
+
+running_dispatcher: contextvars.ContextVar[Dispatcher | None] = contextvars.ContextVar(
+    "asyncpool_running_dispatcher", default=None
+)
+"""The dispatcher whose worker runs the current code (jobs, and tasks they start).
+
+Set once per worker task; tasks a job creates inherit it with the context.
+"""
 
 _QUEUED = JobState.QUEUED
 
@@ -65,6 +75,7 @@ class Worker:
         task = asyncio.current_task()
         assert task is not None
         self.task = task
+        running_dispatcher.set(dispatcher)
         try:
             while True:
                 handle = dispatcher._next_job_for(inbox)
@@ -93,8 +104,10 @@ class Worker:
                         result = await handle._fn
                     elif how == IN_THREAD:
                         result = await self._run_in_thread(handle)
-                    else:
+                    elif how == IN_PROCESS:
                         result = await self._run_in_process(handle)
+                    else:
+                        result = await self._run_with_options(handle, how - OPTIONED)
                 except (KeyboardInterrupt, SystemExit) as exc:
                     self.current = None
                     dispatcher._finish_failed(handle, exc, fatal=True)
@@ -139,6 +152,31 @@ class Worker:
                         task.uncancel()
         finally:
             self._release_inbox()
+
+    async def _run_with_options(self, handle: JobHandle[Any], how: int) -> Any:
+        """Run a job that has per-job options: under its time limit, if it has one."""
+        timeout = handle._opts.timeout
+        if timeout is None:
+            return await self._call(handle, how)
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                return await self._call(handle, how)
+        except TimeoutError as exc:
+            if not scope.expired():
+                raise  # the job's own TimeoutError
+            raise JobTimeout(
+                f"job {handle.id} ({_name(handle._fn)}) ran longer than its timeout of "
+                f"{timeout:g} s and was cancelled (try {handle.attempts})"
+            ) from exc
+
+    async def _call(self, handle: JobHandle[Any], how: int) -> Any:
+        if how == ON_LOOP:
+            return await handle._fn(*handle._args, **(handle._kwargs or {}))
+        if how == CORO_OBJECT:
+            return await handle._fn
+        if how == IN_THREAD:
+            return await self._run_in_thread(handle)
+        return await self._run_in_process(handle)
 
     def _release_inbox(self) -> None:
         # Jobs handed over but never started when the worker stops (it was

@@ -27,6 +27,15 @@ import asyncpool
         ({"on_error": "log"}, TypeError, "on_error must be callable or None"),
         ({"name": 3}, TypeError, "name must be a str or None"),
         ({"sync_in": "gpu"}, ValueError, "sync_in must be 'thread' or 'process', got 'gpu'"),
+        ({"timeout": 0}, ValueError, "timeout must be > 0 seconds"),
+        ({"timeout": -1.0}, ValueError, "timeout must be > 0 seconds"),
+        ({"timeout": "5"}, TypeError, "timeout must be a number of seconds or None"),
+        ({"retry": 3}, TypeError, "retry must be an asyncpool.Retry or None, got 3"),
+        ({"rate_limit": 0}, ValueError, "rate_limit must be > 0 starts per second"),
+        ({"rate_limit": float("inf")}, ValueError, "rate_limit must be > 0 starts per second"),
+        ({"rate_limit": "10/s"}, TypeError, "rate_limit must be a number of starts per second"),
+        ({"rate_limit": 5, "rate_burst": 0}, ValueError, "rate_burst must be >= 1, got 0"),
+        ({"rate_burst": 4}, ValueError, "rate_burst needs rate_limit"),
     ],
 )
 def test_bad_input_dispatcher_arguments(
@@ -40,8 +49,32 @@ def test_bad_input_dispatcher_arguments(
 
 def test_bad_input_unknown_option_is_a_type_error() -> None:
     """An option the dispatcher does not have is rejected, not ignored."""
-    with pytest.raises(TypeError, match="timeout"):
-        asyncpool.Dispatcher(timeout=5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="deadline"):
+        asyncpool.Dispatcher(deadline=5)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"attempts": 0}, ValueError, "Retry attempts must be >= 1, got 0"),
+        ({"attempts": 2.0}, TypeError, "Retry attempts must be an int"),
+        ({"backoff": -1}, ValueError, "Retry backoff must be a finite number of seconds >= 0"),
+        ({"backoff_max": float("inf")}, ValueError, "Retry backoff_max must be a finite"),
+        ({"multiplier": 0.5}, ValueError, "Retry multiplier must be >= 1"),
+        ({"jitter": 1.5}, ValueError, "Retry jitter must be between 0 and 1"),
+        ({"jitter": "some"}, TypeError, "Retry jitter must be a number"),
+        ({"on": "ValueError"}, TypeError, "Retry on= must be an exception type"),
+        ({"on": (ValueError, int)}, TypeError, "Retry on= must be an exception type"),
+        ({"on": ()}, TypeError, "Retry on= must be an exception type"),
+    ],
+)
+def test_bad_input_retry_policy(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """Each invalid Retry field raises when the policy is made, naming the field."""
+    with pytest.raises(error) as caught:
+        asyncpool.Retry(**kwargs)
+    assert str(caught.value).startswith(message)
 
 
 async def _coroutine_function(x: int) -> int:
@@ -68,8 +101,12 @@ class _JobClass:
         (_NotAJob(), (), {}, "'process' attribute is not callable"),
         (_JobClass, (), {}, "got the class _JobClass, not an instance"),
         (_JobClass(), (1,), {}, "a Job (_JobClass) and extra arguments"),
-        (_coroutine_function, (1,), {"key": "k"}, "keeps key for per-job options"),
-        (_coroutine_function, (1,), {"timeout": 1}, "keeps timeout for per-job options"),
+        (_coroutine_function, (1,), {"key": ["a"]}, "key must be hashable"),
+        (_coroutine_function, (1,), {"timeout": "1"}, "timeout must be a number of seconds"),
+        (_coroutine_function, (1,), {"retry": 3}, "retry must be an asyncpool.Retry or None"),
+        (_coroutine_function, (1,), {"priority": 1.5}, "priority must be an int"),
+        (_coroutine_function, (1,), {"priority": True}, "priority must be an int"),
+        (_JobClass(), (), {"retry": asyncpool.Retry(), "x": 1}, "a Job (_JobClass) and extra"),
     ],
 )
 async def test_bad_input_submit_is_rejected_by_submit(
@@ -120,6 +157,16 @@ async def test_bad_input_used_coroutine_object_is_refused() -> None:
         gate.set()
         assert await task == "untouched"
         assert d.stats().submitted == 0
+
+
+async def test_bad_input_coroutine_object_cannot_be_retried() -> None:
+    """submit(coro_obj, retry=...) is a TypeError at submit: a coroutine object runs once."""
+    coro = _coroutine_function(1)
+    async with asyncpool.Dispatcher(workers=1) as d:
+        with pytest.raises(TypeError, match="coroutine object runs once"):
+            await d.submit(coro, retry=asyncpool.Retry())  # type: ignore[call-overload]
+        assert d.stats().submitted == 0
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
 
 
 async def test_bad_input_future_is_refused() -> None:

@@ -1,0 +1,91 @@
+"""Per-job options (`timeout`, `retry`, `priority`, `key`): checking them, and where they live.
+
+A job submitted without options carries none: its handle has no `_opts`
+slot set, and its `_how` code stays below `OPTIONED`, so the hot path pays a
+single comparison for the whole feature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Hashable
+from typing import Any, Final
+
+from ._retry import Retry
+
+__all__ = ("RESERVED_OPTIONS", "JobOptions", "check_job_timeout", "check_retry", "pop_options")
+
+RESERVED_OPTIONS: Final = frozenset({"timeout", "retry", "priority", "key"})
+"""Keyword names `submit` keeps for per-job options; never passed to a job."""
+
+
+class JobOptions:
+    """The options of one job, and the scheduling state they need."""
+
+    __slots__ = ("timeout", "retry", "priority", "key", "seq", "parked", "holds_key", "timer")
+
+    def __init__(
+        self, timeout: float | None, retry: Retry | None, priority: int, key: Hashable | None
+    ) -> None:
+        self.timeout = timeout
+        self.retry = retry
+        self.priority = priority
+        self.key = key
+        self.seq = 0
+        """Its place among jobs of the same priority (set when it is queued)."""
+        self.parked = False
+        """Waiting behind a running job of the same key, outside the job queue."""
+        self.holds_key = False
+        """This job is the one of its key that may run (or is running)."""
+        self.timer: asyncio.TimerHandle | None = None
+        """Set while the job waits out a retry backoff."""
+
+
+def check_job_timeout(timeout: object, name: str = "timeout") -> float | None:
+    """A job's time limit: None (no limit) or a number of seconds > 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout) or timeout <= 0:
+        raise ValueError(f"{name} must be > 0 seconds (or None for no limit), got {timeout}")
+    return float(timeout)
+
+
+def check_retry(retry: object, name: str = "retry") -> Retry | None:
+    """A retry policy: None or a `Retry`."""
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(f"{name} must be an asyncpool.Retry or None, got {retry!r}")
+    return retry
+
+
+def pop_options(
+    kwargs: dict[str, Any], default_timeout: float | None, default_retry: Retry | None
+) -> JobOptions | None:
+    """Take the per-job options out of `submit`'s keyword arguments.
+
+    Missing options take the dispatcher's defaults (an explicit `timeout=None`
+    or `retry=None` turns a default off for this job). Returns None when the
+    job ends up with no option at all, so that it takes the fast path.
+
+    Raises:
+        TypeError, ValueError: an option has a wrong type or value; the
+            message names it.
+    """
+    timeout = check_job_timeout(kwargs.pop("timeout")) if "timeout" in kwargs else default_timeout
+    retry = check_retry(kwargs.pop("retry")) if "retry" in kwargs else default_retry
+    priority = kwargs.pop("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"priority must be an int, got {priority!r}")
+    key = kwargs.pop("key", None)
+    if key is not None:
+        try:
+            hash(key)
+        except TypeError as exc:
+            raise TypeError(
+                f"key must be hashable (jobs of one key are found by it), got {key!r}"
+            ) from exc
+    if timeout is None and retry is None and priority == 0 and key is None:
+        return None
+    return JobOptions(timeout, retry, priority, key)
