@@ -1218,6 +1218,9 @@ class Dispatcher:
         else:
             handle._opts = opts
             handle._attempts = 0
+            opts.seq = next(self._seq)
+            if opts.key is not None and not self._claim_key(handle, opts):
+                return handle  # parked behind an earlier job of its key
             self._push(handle, opts)
         if self._idle_count:
             self._wakeup.set()
@@ -1226,10 +1229,25 @@ class Dispatcher:
     def _push(self, handle: JobHandle[Any], opts: JobOptions) -> None:
         """Queue a job with options at the back of its priority."""
         if opts.priority:
-            opts.seq = next(self._seq)
             heapq.heappush(self._priority_heap, (-opts.priority, opts.seq, handle))
         else:
             self._job_queue.append(handle)
+
+    def _claim_key(self, handle: JobHandle[Any], opts: JobOptions) -> bool:
+        """Give a new keyed job its key if the key is free; else park it behind the key's jobs.
+
+        Deciding at submission keeps the order of a key's jobs the order they
+        were submitted in, whatever their priorities: a job enters the job
+        queue only when every earlier job of its key is final.
+        """
+        parked = self._keys.get(opts.key)
+        if parked is None:
+            self._keys[opts.key] = deque()
+            opts.holds_key = True
+            return True
+        parked.append(handle)
+        opts.parked = True
+        return False
 
     # ------------------------------------------------------------ streaming
 
@@ -1372,9 +1390,9 @@ class Dispatcher:
     def _pop_job(self) -> JobHandle[Any] | None:
         """Take the next job that may start off the job queue, freeing its room.
 
-        The next job is the oldest of the highest priority; a job whose key
-        is held by another job is parked behind it instead (it keeps its
-        room: parked jobs count against `queue_size`).
+        The next job is the oldest of the highest priority. (Jobs parked
+        behind an earlier job of their key are not in the queue yet; they
+        still count against `queue_size`.)
         """
         jobs = self._job_queue
         heap = self._priority_heap
@@ -1388,31 +1406,11 @@ class Dispatcher:
             if handle._job_state is not _QUEUED:
                 self._dead -= 1  # cancelled while it waited
                 continue
-            if (
-                handle._how >= OPTIONED
-                and handle._opts.key is not None
-                and not self._claim_key(handle)
-            ):
-                continue  # parked behind the running job of its key
             handle._handed_over = True
             self._backlog -= 1
             if self._putters:
                 self._wake_putters()
             return handle
-
-    def _claim_key(self, handle: JobHandle[Any]) -> bool:
-        """Let a keyed job start if its key is free (or already its own); else park it."""
-        opts = handle._opts
-        if opts.holds_key:
-            return True
-        parked = self._keys.get(opts.key)
-        if parked is None:
-            self._keys[opts.key] = deque()
-            opts.holds_key = True
-            return True
-        parked.append(handle)
-        opts.parked = True
-        return False
 
     def _release_key(self, opts: JobOptions) -> None:
         """A job that held its key is final: the key's next job may go, or the key idles."""
@@ -1427,7 +1425,8 @@ class Dispatcher:
         following = handle._opts
         following.parked = False
         following.holds_key = True
-        # It was next when it was parked: it goes to the front of its priority.
+        # It has waited since it was submitted: it goes to the front of its
+        # priority (a heap entry keeps its original place).
         if following.priority:
             heapq.heappush(self._priority_heap, (-following.priority, following.seq, handle))
         else:

@@ -48,7 +48,8 @@ def check_stats(dispatcher: asyncpool.Dispatcher) -> asyncpool.Stats:
     """Take a snapshot and check the contract's identity on it."""
     s = dispatcher.stats()
     assert s.submitted == s.queued + s.busy + s.succeeded + s.failed + s.cancelled, s
-    assert s.idle + s.busy == s.workers, s
+    # After resize() shrinks the pool, leaving workers may still be busy.
+    assert s.idle == max(0, s.workers - s.busy), s
     return s
 
 
