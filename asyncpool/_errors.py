@@ -23,8 +23,9 @@ class QueueFull(AsyncPoolError):
 class DispatcherClosed(AsyncPoolError):
     """Raised when a dispatcher cannot take the call in its current state.
 
-    `submit` and `submit_nowait` raise it when the dispatcher is not running
-    (not started yet, closing, or closed); the message says which. `start`
+    `submit`, `submit_nowait` and iterating `map` raise it when the
+    dispatcher is not running (not started yet, closing, or closed); the
+    message says which. `resize` raises it too. `start`
     raises it for a dispatcher that has already run, since a dispatcher runs
     once.
     """
@@ -33,6 +34,8 @@ class DispatcherClosed(AsyncPoolError):
 class JobTimeout(AsyncPoolError, TimeoutError):
     """A job ran longer than its time limit and was cancelled.
 
-    It is a `TimeoutError` too, so `except TimeoutError` catches it. Reserved
-    for the per-job `timeout` option.
+    A job's handle fails with it when the job runs longer than its `timeout`
+    (per job, or the dispatcher's default); the job was cancelled. It is a
+    `TimeoutError` too, so `except TimeoutError` catches it, and the
+    cancellation that stopped the job is its `__cause__`.
     """

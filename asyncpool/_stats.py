@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from array import array
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._handle import JobHandle
 
-__all__ = ("Latency", "LatencyWindow", "ShutdownReport", "Stats")
+__all__ = ("WINDOW", "Latency", "ShutdownReport", "Stats", "latency")
 
 WINDOW: int = 1024
 """How many recent samples the latency percentiles are taken over (a power of two)."""
@@ -34,27 +33,18 @@ class Latency:
     samples: int
 
 
-class LatencyWindow:
-    """A ring of the last `WINDOW` samples: O(1) to record, sorted only when read."""
+def latency(samples: list[float], count: int) -> Latency | None:
+    """Nearest-rank percentiles of the last `min(count, WINDOW)` samples of a ring."""
+    n = min(count, WINDOW)
+    if not n:
+        return None
+    ordered = sorted(samples[:n])
 
-    __slots__ = ("values", "count")
+    def rank(q: float) -> float:
+        # The smallest sample with at least a fraction q of them at or below it.
+        return ordered[max(0, math.ceil(q * n) - 1)]
 
-    def __init__(self) -> None:
-        self.values = array("d", bytes(8 * WINDOW))
-        self.count = 0
-        """Samples recorded so far; the next one goes to `count % WINDOW`."""
-
-    def snapshot(self) -> Latency | None:
-        n = min(self.count, WINDOW)
-        if not n:
-            return None
-        ordered = sorted(self.values[:n])
-
-        def rank(q: float) -> float:
-            # Nearest-rank percentile: the smallest sample with at least q of them at or below it.
-            return ordered[max(0, math.ceil(q * n) - 1)]
-
-        return Latency(p50=rank(0.50), p95=rank(0.95), p99=rank(0.99), samples=n)
+    return Latency(p50=rank(0.50), p95=rank(0.95), p99=rank(0.99), samples=n)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,11 +68,16 @@ class Stats:
         rejected: `submit_nowait` calls refused with `QueueFull`.
         timed_out: Tries stopped by their `timeout` (a retried timeout
             counts once per try).
-        queue_wait: Time from being submitted to first starting, over the
-            most recent jobs; None before the first start.
-        run_time: Time from starting to succeeding or failing, over the most
-            recent tries that ran to an end (cancelled runs are left out);
-            None before the first.
+        queue_wait: Time from being submitted to starting, over recent
+            tries that ran to an end (for a retried job, measured to the
+            start of the try, so it includes the earlier tries and
+            backoffs); None before the first.
+        run_time: Time from starting to succeeding or failing, over the same
+            tries (cancelled runs are left out); None before the first.
+
+    The latencies are taken over the last 1024 samples. The first 1024 jobs
+    are all sampled; after that, one job in four (those whose `id` is a
+    multiple of 4), which keeps the cost per job O(1) and small.
     """
 
     workers: int

@@ -97,24 +97,31 @@ async def test_timeout_own_timeout_error_is_not_a_job_timeout() -> None:
     assert d.stats().timed_out == 0
 
 
-async def test_timeout_thread_job_is_waited_for_then_fails(fast_clock: None) -> None:
+async def test_timeout_thread_job_is_waited_for_then_fails() -> None:
     """A blocking job past its timeout: its thread is waited for, then it fails (JobTimeout)."""
+    entered = threading.Event()
     release = threading.Event()
     returned = threading.Event()
 
     def blocking() -> str:
+        entered.set()
         release.wait(30)
         returned.set()
         return "discarded"
 
     async with Dispatcher(workers=1) as d:
-        handle = await d.submit(blocking, timeout=1)
-        await asyncio.sleep(2)  # virtual time: the timeout (at 1 s) has fired
+        handle = await d.submit(blocking, timeout=0.05)
+        await asyncio.to_thread(entered.wait, 30)
+        # The timeout's deadline comes before this sleep's, and the loop runs
+        # timers in deadline order: when the sleep ends, the timeout has fired.
+        # (Real time: the fast clock would jump ahead of the thread.)
+        await asyncio.sleep(0.1)
         assert not handle.done()  # the thread still runs: the worker waits for it
         release.set()
         with pytest.raises(JobTimeout):
             await handle
     assert returned.is_set()
+    assert d.stats().timed_out == 1
 
 
 # -------------------------------------------------------------------- retry
