@@ -79,6 +79,7 @@ _future_cancel = asyncio.Future.cancel
 _CO_COROUTINE = inspect.CO_COROUTINE
 _BASE_LOOP_TIME = asyncio.BaseEventLoop.time
 _WINDOW_MASK = WINDOW - 1
+_MIN_GRACE = 0.1  # seconds close(timeout=...) waits at least for cancelled jobs to stop
 _SAMPLE_MASK = 3  # after the first WINDOW jobs, one job in four is sampled
 
 
@@ -309,6 +310,7 @@ class Dispatcher:
         self._errors_raised = False
         self._never_started: list[JobHandle[Any]] = []  # cancelled by a shutdown
         self._interrupted: list[JobHandle[Any]] = []
+        self._abandoned: list[JobHandle[Any]] = []  # still running when close() gave up
         self._shutdown_report: ShutdownReport | None = None
         self._body_task: asyncio.Task[Any] | None = None
         self._body_cancel_requested = False
@@ -514,10 +516,15 @@ class Dispatcher:
         remaining jobs are cancelled, their tasks are waited for, and the
         cancellation propagates.
 
-        Cancelling a job is a request, as with tasks: a job that catches
-        every `CancelledError` and keeps going, or a blocking job whose thread
-        or process does not return, keeps `close()` waiting, whatever
-        `cancel` and `timeout` say.
+        Cancelling a job is a request, as with tasks. Without `timeout`, a
+        job that catches every `CancelledError` and keeps going, or a blocking
+        job whose thread or process does not return, keeps `close()` waiting.
+        With `timeout`, `close()` gives the cancelled jobs a grace of
+        `timeout` again (at least 0.1 s), cancelling them a second time
+        half-way; jobs still running then are *abandoned*: their handles end
+        CANCELLED, the report lists them in `abandoned`, an ERROR is logged,
+        and `close()` returns while they run on (their worker ends when they
+        do). So `close(timeout=t)` returns within about `2 * t`.
 
         Returns:
             A `ShutdownReport` of the jobs the shutdown cancelled (empty if
@@ -560,6 +567,8 @@ class Dispatcher:
                 except TimeoutError:
                     self._cancel_all()
             self._stop_workers()
+            if timeout is not None and not await self._wait_or_abandon(runner, timeout):
+                return self._make_report()
             await asyncio.wait((runner,))  # unlike awaiting it, never cancels it
             failure = None if runner.cancelled() else runner.exception()
             if failure is not None:
@@ -574,6 +583,67 @@ class Dispatcher:
             await wait_through_cancellation(runner)
             self._make_report()  # for shutdown_report: the caller gets the cancellation
             raise
+
+    async def _wait_or_abandon(self, runner: asyncio.Task[None], timeout: float) -> bool:
+        """close(timeout=...): give cancelled jobs a grace to stop; give up on the stuck ones.
+
+        The grace is `timeout` again (at least `_MIN_GRACE`). Half-way, jobs
+        still running are cancelled once more (a job that swallowed its first
+        cancellation usually stops at the second). Jobs running after that
+        are abandoned: their handles end CANCELLED, the report lists them,
+        an ERROR is logged, and close() returns while they run on.
+
+        Returns:
+            True if the dispatcher's tasks ended; False if jobs were abandoned.
+        """
+        grace = max(timeout, _MIN_GRACE)
+        done, _ = await asyncio.wait((runner,), timeout=grace / 2)
+        if done:
+            return True
+        for worker in self._workers:
+            if worker.current is not None and worker.task is not None:
+                worker.task.cancel()
+        done, _ = await asyncio.wait((runner,), timeout=grace / 2)
+        stuck = [w.current for w in self._workers if w.current is not None]
+        if done or not stuck:
+            return True  # only the teardown is left to wait for
+        for handle in stuck:
+            if not handle.done():
+                self._abandon(handle)
+        logger.error(
+            "%s: close(timeout=%g) gave up on %d job(s) that did not stop when cancelled "
+            "(they run on, unowned): %s",
+            self._label(),
+            timeout,
+            len(self._abandoned),
+            ", ".join(repr(h) for h in self._abandoned),
+        )
+        self._lifecycle = _Lifecycle.CLOSED
+        self._wake_putters(everyone=True)
+        return False
+
+    def _abandon(self, handle: JobHandle[Any]) -> None:
+        """close() stops waiting for a running job that ignores cancellation."""
+        self._abandoned.append(handle)
+        self._busy -= 1
+        self._cancelled += 1
+        handle._job_state = _CANCELLED
+        handle._finished_at = self._now()
+        _future_cancel(handle, "abandoned by close(): the job did not stop when cancelled")
+        if handle.id <= self._join_horizon:
+            self._count_for_joins(handle)
+
+    def _abandoned_job_ended(self, handle: JobHandle[Any], error: BaseException | None) -> None:
+        """A job that close() gave up on has ended at last: say how, since nobody can await it."""
+        if error is None or isinstance(error, asyncio.CancelledError):
+            logger.warning("%s: abandoned job %r has stopped", self._label(), handle)
+        else:
+            logger.error(
+                "%s: abandoned job %r has stopped with an error",
+                self._label(),
+                handle,
+                exc_info=error,
+            )
 
     def _workers_cancelled(self) -> bool:
         """True if the workers' task group is cancelling them (the runner is
@@ -596,6 +666,7 @@ class Dispatcher:
             never_started=tuple(self._never_started),
             # A job that swallowed its cancellation and finished was not interrupted.
             interrupted=tuple(h for h in self._interrupted if h.cancelled()),
+            abandoned=tuple(self._abandoned),
         )
         self._shutdown_report = report
         return report

@@ -115,10 +115,14 @@ class ShutdownReport:
         interrupted: Jobs that had started and were cancelled part-way:
             running, or waiting out a retry backoff, or queued again for
             a retry.
+        abandoned: Jobs among `interrupted` that had not stopped when
+            `close(timeout=...)` gave up waiting for them: they ignore
+            cancellation and were still running when `close()` returned.
     """
 
     never_started: tuple[JobHandle[Any], ...] = ()
     interrupted: tuple[JobHandle[Any], ...] = ()
+    abandoned: tuple[JobHandle[Any], ...] = ()
 
     @property
     def unfinished(self) -> tuple[JobHandle[Any], ...]:
@@ -129,7 +133,8 @@ class ShutdownReport:
         return len(self.never_started) + len(self.interrupted)
 
     def __repr__(self) -> str:
+        abandoned = f" abandoned={len(self.abandoned)}" if self.abandoned else ""
         return (
             f"<ShutdownReport never_started={len(self.never_started)} "
-            f"interrupted={len(self.interrupted)}>"
+            f"interrupted={len(self.interrupted)}{abandoned}>"
         )

@@ -132,7 +132,12 @@ class Worker:
                             await asyncio.sleep(0)
                         if error is None:
                             error = asyncio.CancelledError()
-                if error is None:
+                    if handle.done():  # close() abandoned it: it is final already
+                        dispatcher._abandoned_job_ended(handle, error)
+                        handle = None
+                if handle is None:
+                    pass
+                elif error is None:
                     dispatcher._finish_succeeded(handle, result)
                 elif isinstance(error, asyncio.CancelledError):
                     dispatcher._finish_cancelled(handle, error.args[0] if error.args else None)
