@@ -11,7 +11,7 @@ from ._handle import JobHandle
 from ._job import AsyncJob, Job, JobState, SyncJob
 from ._map import as_completed
 from ._retry import Retry
-from ._stats import ShutdownReport, Stats
+from ._stats import Latency, ShutdownReport, Stats
 
 __all__ = (
     "AsyncJob",
@@ -22,6 +22,7 @@ __all__ = (
     "JobHandle",
     "JobState",
     "JobTimeout",
+    "Latency",
     "QueueFull",
     "Retry",
     "ShutdownReport",

@@ -6,6 +6,7 @@ not hold is a type error, so a regression in the overloads fails the build.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import assert_type
 
 import asyncpool
@@ -51,6 +52,32 @@ async def check(d: Dispatcher) -> None:
     assert_type(handle.started_at, float | None)
     assert_type(d.stats(), asyncpool.Stats)
 
+    # Per-job options keep the result type.
+    retry = asyncpool.Retry(attempts=5, on=(ConnectionError, TimeoutError))
+    assert_type(await d.submit(fetch, "u", timeout=3, retry=retry), JobHandle[dict[str, int]])
+    assert_type(await d.submit(blocking, "/tmp", priority=2, key="disk"), JobHandle[float])
+    assert_type(await d.submit(CountLines(), key=("user", 7)), JobHandle[int])
+    assert_type(await d.submit(fetch("u"), timeout=1.5), JobHandle[dict[str, int]])
+    assert_type(d.submit_nowait(Digest(), priority=-1), JobHandle[bytes])
+
+    # Streaming.
+    assert_type(d.map(fetch, ["a", "b"]), AsyncGenerator[dict[str, int], None])
+    assert_type(d.map(blocking, ["/a"], ordered=False, window=4), AsyncGenerator[float, None])
+    assert_type(
+        d.map(fetch, ["a"], return_exceptions=True),
+        AsyncGenerator[dict[str, int] | BaseException, None],
+    )
+    flag: bool = bool(d)
+    assert_type(
+        d.map(fetch, ["a"], return_exceptions=flag),
+        AsyncGenerator[dict[str, int] | BaseException, None],
+    )
+    async for handle_done in asyncpool.as_completed([handle]):
+        assert_type(handle_done, JobHandle[int])
+    d.resize(4)
+    stats = d.stats()
+    assert_type(stats.run_time, asyncpool.Latency | None)
+
     job: asyncpool.Job[int] = CountLines()
     digest: asyncpool.Job[bytes] = Digest()
     del job, digest
@@ -62,3 +89,6 @@ async def wrong(d: Dispatcher) -> None:
     await d.submit(fetch, "u", 1)  # type: ignore[call-overload]
     await d.submit(object())  # type: ignore[call-overload]
     await d.submit(42)  # type: ignore[call-overload]
+    await d.submit(fetch("u"), retry=asyncpool.Retry())  # type: ignore[call-overload]
+    await d.submit(fetch, "u", priority="high")  # type: ignore[call-arg]
+    d.map(fetch, [1, 2])  # type: ignore[arg-type]
