@@ -306,6 +306,9 @@ class Dispatcher:
         self._cancelling = False  # every job must end now; none may start
         self._fatal = False  # a job raised KeyboardInterrupt or SystemExit
         self._stopping = False  # workers must exit when they next go idle
+        self._priorities_used = False  # a job with a priority was ever queued
+        self._unusual = False
+        self._refresh_unusual()
         self._errors: list[BaseException] = []  # fail_fast failures
         self._errors_raised = False
         self._never_started: list[JobHandle[Any]] = []  # cancelled by a shutdown
@@ -471,6 +474,7 @@ class Dispatcher:
         # is left waiting on the dispatcher.
         self._cancelling = True
         self._stopping = True
+        self._unusual = True
         self._cancel_queued_jobs()
         if self._rate_timer is not None:
             self._rate_timer.cancel()
@@ -703,6 +707,7 @@ class Dispatcher:
             # them would run more jobs at once than `size`.
             kept = min(self._retiring, size - old)
             self._retiring -= kept
+            self._refresh_unusual()
             label = self._label()
             for _ in range(size - old - kept):
                 worker = Worker(self, self._next_worker_index)
@@ -735,6 +740,7 @@ class Dispatcher:
                     self._retire(worker.inbox)
                     leaving -= 1
             self._retiring += leaving
+            self._refresh_unusual()
 
     def _put_back(self, handle: JobHandle[Any]) -> None:
         """Return a job handed to a worker that will not start it to the front of the queue."""
@@ -850,6 +856,7 @@ class Dispatcher:
 
     def _stop_workers(self) -> None:
         self._stopping = True
+        self._unusual = True
         idle = self._idle_inboxes
         while self._idle_count:
             self._idle_count -= 1
@@ -1326,6 +1333,8 @@ class Dispatcher:
     def _push(self, handle: JobHandle[Any], opts: JobOptions) -> None:
         """Queue a job with options at the back of its priority."""
         if opts.priority:
+            if not self._priorities_used:
+                self._priorities_used = self._unusual = True
             heapq.heappush(self._priority_heap, (-opts.priority, opts.seq, handle))
         else:
             self._job_queue.append(handle)
@@ -1567,10 +1576,26 @@ class Dispatcher:
         Returns None when the worker must wait on its inbox (or stop, if the
         dispatcher is stopping).
         """
-        if self._stopping or self._retiring:
-            if not self._stopping:  # a resize() shrank the pool: this worker leaves
-                self._retiring -= 1
-                self._retire(inbox)
+        if self._unusual:
+            return self._next_job_unusual(inbox)
+        if self._job_queue and not self._idle_count:
+            handle = self._pop_job()
+            if handle is not None:
+                return handle
+        self._idle_count += 1
+        self._idle_inboxes.put_nowait(inbox)
+        if self._job_queue:
+            self._route()
+        return None
+
+    def _next_job_unusual(self, inbox: Inbox) -> JobHandle[Any] | None:
+        """`_next_job_for` when the dispatcher stops, shrinks, limits its rate or has priorities."""
+        if self._stopping:
+            return None
+        if self._retiring:  # a resize() shrank the pool: this worker leaves
+            self._retiring -= 1
+            self._refresh_unusual()
+            self._retire(inbox)
             return None
         if (
             (self._job_queue or self._priority_heap)
@@ -1586,6 +1611,12 @@ class Dispatcher:
             self._route()
         return None
 
+    def _refresh_unusual(self) -> None:
+        # One flag keeps the common case of `_next_job_for` to one test.
+        self._unusual = bool(
+            self._stopping or self._retiring or self._rate is not None or self._priorities_used
+        )
+
     def _pop_job(self) -> JobHandle[Any] | None:
         """Take the next job that may start off the job queue, freeing its room.
 
@@ -1593,6 +1624,19 @@ class Dispatcher:
         behind an earlier job of their key are not in the queue yet; they
         still count against `queue_size`.)
         """
+        if not self._priority_heap:
+            # The common case: the FIFO deque alone.
+            jobs = self._job_queue
+            while jobs:
+                handle = jobs.popleft()
+                if handle._job_state is _QUEUED:
+                    handle._handed_over = True
+                    self._backlog -= 1
+                    if self._putters:
+                        self._wake_putters()
+                    return handle
+                self._dead -= 1  # cancelled while it waited
+            return None
         jobs = self._job_queue
         heap = self._priority_heap
         while True:
@@ -1675,10 +1719,7 @@ class Dispatcher:
         handle._worker_task = task
         handle._cancel_requested = False
         handle._started_at = self._now()
-        if handle._how < OPTIONED:
-            handle._attempts = 1
-        else:
-            handle._attempts += 1
+        handle._attempts = 1  # a job with options counts its tries in _run_with_options
         self._queued -= 1
         self._busy += 1
 

@@ -23,7 +23,17 @@ RESERVED_OPTIONS: Final = frozenset({"timeout", "retry", "priority", "key"})
 class JobOptions:
     """The options of one job, and the scheduling state they need."""
 
-    __slots__ = ("timeout", "retry", "priority", "key", "seq", "parked", "holds_key", "timer")
+    __slots__ = (
+        "timeout",
+        "retry",
+        "priority",
+        "key",
+        "seq",
+        "parked",
+        "holds_key",
+        "timer",
+        "tries",
+    )
 
     def __init__(
         self, timeout: float | None, retry: Retry | None, priority: int, key: Hashable | None
@@ -40,6 +50,8 @@ class JobOptions:
         """This job is the one of its key that may run (or is running)."""
         self.timer: asyncio.TimerHandle | None = None
         """Set while the job waits out a retry backoff."""
+        self.tries = 0
+        """How many times the job has started (`JobHandle.attempts`)."""
 
 
 def check_job_timeout(timeout: object, name: str = "timeout") -> float | None:

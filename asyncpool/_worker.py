@@ -43,6 +43,9 @@ _PENDING = "pending"
 _CALLED = "called"
 _ABANDONED = "abandoned"
 
+# Stands for the outcome of a job whose handle close() already made final.
+_ALREADY_FINAL = RuntimeError("the job's handle is final already")
+
 Inbox = asyncio.Queue[JobHandle[Any] | None]
 """A worker's inbox. `None` tells the worker to stop."""
 
@@ -134,13 +137,13 @@ class Worker:
                             error = asyncio.CancelledError()
                     if handle.done():  # close() abandoned it: it is final already
                         dispatcher._abandoned_job_ended(handle, error)
-                        handle = None
-                if handle is None:
-                    pass
-                elif error is None:
+                        error = _ALREADY_FINAL
+                if error is None:
                     dispatcher._finish_succeeded(handle, result)
                 elif isinstance(error, asyncio.CancelledError):
                     dispatcher._finish_cancelled(handle, error.args[0] if error.args else None)
+                elif error is _ALREADY_FINAL:
+                    pass
                 else:
                     dispatcher._finish_failed(handle, error, fatal=False)
                 # Drop the job's data before waiting: an idle worker must not
@@ -159,8 +162,11 @@ class Worker:
             self._release_inbox()
 
     async def _run_with_options(self, handle: JobHandle[Any], how: int) -> Any:
-        """Run a job that has per-job options: under its time limit, if it has one."""
-        timeout = handle._opts.timeout
+        """Run a job that has per-job options: count the try, and keep its time limit."""
+        opts = handle._opts
+        opts.tries += 1
+        handle._attempts = opts.tries  # _job_started, on the common path, said 1
+        timeout = opts.timeout
         if timeout is None:
             return await self._call(handle, how)
         try:
