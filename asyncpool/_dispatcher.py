@@ -43,7 +43,7 @@ from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
 
-from ._errors import DispatcherClosed, JobTimeout, QueueFull
+from ._errors import DispatcherClosed, QueueFull
 from ._handle import JobHandle
 from ._job import CORO_OBJECT, IN_PROCESS, IN_THREAD, ON_LOOP, OPTIONED, JobState, classify
 from ._map import map_results
@@ -56,7 +56,7 @@ from ._options import (
 )
 from ._retry import Retry
 from ._stats import WINDOW, ShutdownReport, Stats, latency
-from ._worker import Inbox, Worker, running_dispatcher, wait_through_cancellation
+from ._worker import Inbox, Worker, running_worker, wait_through_cancellation
 
 __all__ = ("RESERVED_OPTIONS", "Dispatcher")
 
@@ -128,6 +128,10 @@ def _check_picklable(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) 
             f"it or its arguments cannot be pickled: {exc}. Define the function at "
             "module level, or use sync_in='thread'"
         ) from exc
+
+
+def _by_id(handle: JobHandle[Any]) -> int:
+    return handle.id
 
 
 def _name(fn: object) -> str:
@@ -272,8 +276,13 @@ class Dispatcher:
         # Jobs with a priority other than 0 wait in a heap of
         # (-priority, seq, handle); priority-0 jobs in the deque, which a
         # positive priority goes before and a negative one after.
-        self._priority_heap: list[tuple[int, int, JobHandle[Any]]] = []
-        self._seq = itertools.count()
+        # Entries are (-priority, order, tie, handle): `order` is the job's
+        # id, or for a retry the last id given out (the back of its
+        # priority); the deque holds fresh priority-0 jobs in id order, so
+        # a heap entry of priority 0 goes first if its order is smaller
+        # than the id at the head of the deque.
+        self._priority_heap: list[tuple[int, int, int, JobHandle[Any]]] = []
+        self._tie = itertools.count()
         # key -> jobs of that key parked until the running one ends. A key
         # is present while a job of it holds it; it goes when the key idles.
         self._keys: dict[Hashable, deque[JobHandle[Any]]] = {}
@@ -476,6 +485,13 @@ class Dispatcher:
         self._stopping = True
         self._unusual = True
         self._cancel_queued_jobs()
+        # Workers that were cancelled while idle left their inboxes
+        # registered; a job routed there since must still end final.
+        while self._idle_count:
+            self._idle_count -= 1
+            self._idle_inboxes.get_nowait()
+        for worker in self._workers:
+            worker._release_inbox()
         if self._rate_timer is not None:
             self._rate_timer.cancel()
             self._rate_timer = None
@@ -552,6 +568,10 @@ class Dispatcher:
         return report
 
     async def _close(self, *, cancel: bool, timeout: float | None = None) -> ShutdownReport:
+        if self._abandoned:
+            # An earlier close() gave up on a job that does not stop; waiting
+            # for the runner now would wait for that job after all.
+            return self._shutdown_report or self._make_report()
         if self._lifecycle is _Lifecycle.NEW:
             self._lifecycle = _Lifecycle.CLOSED
         if self._runner is None:
@@ -629,6 +649,8 @@ class Dispatcher:
     def _abandon(self, handle: JobHandle[Any]) -> None:
         """close() stops waiting for a running job that ignores cancellation."""
         self._abandoned.append(handle)
+        if handle not in self._interrupted:  # the user had cancelled it already
+            self._interrupted.append(handle)
         self._busy -= 1
         self._cancelled += 1
         handle._job_state = _CANCELLED
@@ -667,10 +689,10 @@ class Dispatcher:
 
     def _make_report(self) -> ShutdownReport:
         report = ShutdownReport(
-            never_started=tuple(self._never_started),
+            never_started=tuple(sorted(self._never_started, key=_by_id)),
             # A job that swallowed its cancellation and finished was not interrupted.
-            interrupted=tuple(h for h in self._interrupted if h.cancelled()),
-            abandoned=tuple(self._abandoned),
+            interrupted=tuple(sorted((h for h in self._interrupted if h.cancelled()), key=_by_id)),
+            abandoned=tuple(sorted(self._abandoned, key=_by_id)),
         )
         self._shutdown_report = report
         return report
@@ -746,11 +768,10 @@ class Dispatcher:
         """Return a job handed to a worker that will not start it to the front of the queue."""
         handle._handed_over = False
         self._backlog += 1
-        if handle._how >= OPTIONED and handle._opts.priority:
-            opts = handle._opts
-            heapq.heappush(self._priority_heap, (-opts.priority, opts.seq, handle))
+        if handle._how >= OPTIONED:
+            self._heap_push(handle, handle._opts)  # at its old place, kept in `order`
         else:
-            self._job_queue.appendleft(handle)
+            self._job_queue.appendleft(handle)  # it was the head: the deque stays in id order
 
     def _retire(self, inbox: Inbox) -> None:
         """Tell the worker that owns `inbox` to stop, and forget it."""
@@ -832,7 +853,7 @@ class Dispatcher:
         jobs = self._job_queue
         heap = self._priority_heap
         while jobs or heap:
-            handle = jobs.popleft() if jobs else heapq.heappop(heap)[2]
+            handle = jobs.popleft() if jobs else heapq.heappop(heap)[3]
             if handle._job_state is _QUEUED:
                 self._backlog -= 1
                 self._cancel_unstarted(handle)
@@ -1036,9 +1057,10 @@ class Dispatcher:
         if (
             size
             and (self._putters or self._backlog + self._reserved >= size)
-            # A job of this dispatcher (or a task it started) never waits for
-            # room: if every worker runs such a job, nobody would make room.
-            and running_dispatcher.get() is not self
+            # A job of this dispatcher (or a task it started, while the job
+            # runs) never waits for room: if every worker runs such a job,
+            # nobody would make room.
+            and not self._submitted_by_own_job()
         ):
             try:
                 await self._wait_for_room()
@@ -1252,6 +1274,10 @@ class Dispatcher:
             hint = ""
         return DispatcherClosed(f"cannot submit: {self._label()} is {state}{hint}")
 
+    def _submitted_by_own_job(self) -> bool:
+        worker = running_worker.get()
+        return worker is not None and worker.dispatcher is self and worker.current is not None
+
     async def _wait_for_room(self) -> None:
         """Wait, first come first served, until a place in the job queue is ours.
 
@@ -1322,7 +1348,7 @@ class Dispatcher:
         else:
             handle._opts = opts
             handle._attempts = 0
-            opts.seq = next(self._seq)
+            opts.order = handle.id
             if opts.key is not None and not self._claim_key(handle, opts):
                 return handle  # parked behind an earlier job of its key
             self._push(handle, opts)
@@ -1331,13 +1357,19 @@ class Dispatcher:
         return handle
 
     def _push(self, handle: JobHandle[Any], opts: JobOptions) -> None:
-        """Queue a job with options at the back of its priority."""
+        """Queue a newly submitted job with options at the back of its priority."""
         if opts.priority:
-            if not self._priorities_used:
-                self._priorities_used = self._unusual = True
-            heapq.heappush(self._priority_heap, (-opts.priority, opts.seq, handle))
+            self._heap_push(handle, opts)
         else:
             self._job_queue.append(handle)
+
+    def _heap_push(self, handle: JobHandle[Any], opts: JobOptions) -> None:
+        """Queue a job in the priority heap, at the place `opts.order` gives it."""
+        if not self._priorities_used:
+            # From now on _next_job_for must look at the heap too.
+            self._priorities_used = self._unusual = True
+        entry = (-opts.priority, opts.order, next(self._tie), handle)
+        heapq.heappush(self._priority_heap, entry)
 
     def _claim_key(self, handle: JobHandle[Any], opts: JobOptions) -> bool:
         """Give a new keyed job its key if the key is free; else park it behind the key's jobs.
@@ -1640,8 +1672,12 @@ class Dispatcher:
         jobs = self._job_queue
         heap = self._priority_heap
         while True:
-            if heap and (heap[0][0] < 0 or not jobs):
-                handle = heapq.heappop(heap)[2]
+            if heap and (
+                heap[0][0] < 0  # a positive priority
+                or not jobs
+                or (heap[0][0] == 0 and heap[0][1] < jobs[0].id)  # older, same priority
+            ):
+                handle = heapq.heappop(heap)[3]
             elif jobs:
                 handle = jobs.popleft()
             else:
@@ -1668,12 +1704,9 @@ class Dispatcher:
         following = handle._opts
         following.parked = False
         following.holds_key = True
-        # It has waited since it was submitted: it goes to the front of its
-        # priority (a heap entry keeps its original place).
-        if following.priority:
-            heapq.heappush(self._priority_heap, (-following.priority, following.seq, handle))
-        else:
-            self._job_queue.appendleft(handle)
+        # It has waited since it was submitted: among its priority it goes
+        # before the jobs submitted after it (its order is its id).
+        self._heap_push(handle, following)
         if self._idle_count:
             self._wakeup.set()
 
@@ -1699,7 +1732,7 @@ class Dispatcher:
 
     def _token_due(self) -> None:
         self._rate_timer = None
-        if not self._stopping:
+        if not (self._stopping or self._workers_cancelled()):
             self._route()
 
     async def _dispatch_loop(self) -> None:
@@ -1728,7 +1761,8 @@ class Dispatcher:
         now = handle._finished_at = self._now()
         # The latency rings, inlined. Every job of the first WINDOW, then
         # every fourth: recording costs more than 5% of a trivial job.
-        if not handle.id & _SAMPLE_MASK or handle.id <= WINDOW:
+        job_id = handle.id
+        if not job_id & _SAMPLE_MASK or job_id <= WINDOW:
             i = self._sample_count
             started = handle._started_at
             self._wait_samples[i & _WINDOW_MASK] = started - handle._queued_at
@@ -1737,7 +1771,7 @@ class Dispatcher:
         self._busy -= 1
         self._succeeded += 1
         _future_set_result(handle, result)
-        if handle.id <= self._join_horizon:
+        if job_id <= self._join_horizon:
             self._count_for_joins(handle)
         if handle._how >= OPTIONED and handle._opts.holds_key:
             self._release_key(handle._opts)
@@ -1751,8 +1785,6 @@ class Dispatcher:
             self._run_samples[i & _WINDOW_MASK] = now - started
             self._sample_count = i + 1
         if handle._how >= OPTIONED:
-            if isinstance(exc, JobTimeout):
-                self._timed_out += 1
             if not fatal and self._retry_later(handle, exc):
                 return
             if handle._opts.holds_key:
@@ -1808,8 +1840,22 @@ class Dispatcher:
             or handle._attempts >= policy.attempts
             or handle._cancel_requested  # asked to stop: it does not come back
             or self._cancelling
-            or not policy.retries(exc)
         ):
+            return False
+        try:
+            retried = policy.retries(exc)
+        except Exception as predicate_error:
+            # A broken `on=` predicate must not kill the worker or hide the
+            # job's failure: the job fails with its own error, and this is logged.
+            logger.error(
+                "%s: the retry predicate %r raised on the failure of job %d; not retrying",
+                self._label(),
+                policy.on,
+                handle.id,
+                exc_info=predicate_error,
+            )
+            return False
+        if not retried:
             return False
         handle._job_state = _QUEUED
         handle._worker_task = None
@@ -1843,9 +1889,10 @@ class Dispatcher:
             self._cancel_unstarted(handle)
             return
         # Back in the queue even when it is full: the job was accepted long
-        # ago, and nobody is there to wait for room.
+        # ago, and nobody is there to wait for room. At the back of its priority.
         self._backlog += 1
-        self._push(handle, handle._opts)
+        handle._opts.order = self._submitted  # behind every job accepted so far
+        self._heap_push(handle, handle._opts)
         if self._idle_count:
             self._wakeup.set()
 
@@ -1875,7 +1922,7 @@ class Dispatcher:
             self._dead += 1
             if self._dead > 64 and self._dead * 2 > len(self._job_queue) + len(self._priority_heap):
                 self._job_queue = deque(h for h in self._job_queue if h._job_state is _QUEUED)
-                self._priority_heap = [e for e in self._priority_heap if e[2]._job_state is _QUEUED]
+                self._priority_heap = [e for e in self._priority_heap if e[3]._job_state is _QUEUED]
                 heapq.heapify(self._priority_heap)
                 self._dead = 0
             if self._putters:

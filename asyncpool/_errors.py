@@ -36,6 +36,7 @@ class JobTimeout(AsyncPoolError, TimeoutError):
 
     A job's handle fails with it when the job runs longer than its `timeout`
     (per job, or the dispatcher's default); the job was cancelled. It is a
-    `TimeoutError` too, so `except TimeoutError` catches it, and the
-    cancellation that stopped the job is its `__cause__`.
+    `TimeoutError` too, so `except TimeoutError` catches it. Its `__cause__`
+    is the `TimeoutError` of the time limit, whose cause is the cancellation
+    that stopped the job.
     """

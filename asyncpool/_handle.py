@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._job import JobState
+from ._job import OPTIONED, JobState
 
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher
@@ -123,8 +123,27 @@ class JobHandle(asyncio.Future[T], Generic[T]):
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        """A copy of the keyword arguments the job was submitted with."""
+        """A copy of the keyword arguments the job was submitted with (options excluded)."""
         return dict(self._kwargs or {})
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The per-job options the job runs with: `timeout`, `retry`, `priority`, `key`.
+
+        Only those that are set (a dispatcher's default counts), so that
+        `submit(handle.fn, *handle.args, **handle.kwargs, **handle.options)`
+        submits the same job again. Empty for a job without options.
+        """
+        if self._how < OPTIONED:
+            return {}
+        opts = self._opts
+        found = {
+            "timeout": opts.timeout,
+            "retry": opts.retry,
+            "priority": opts.priority or None,
+            "key": opts.key,
+        }
+        return {name: value for name, value in found.items() if value is not None}
 
     def _was_handed_over(self) -> bool:
         try:

@@ -28,7 +28,7 @@ class JobOptions:
         "retry",
         "priority",
         "key",
-        "seq",
+        "order",
         "parked",
         "holds_key",
         "timer",
@@ -42,8 +42,9 @@ class JobOptions:
         self.retry = retry
         self.priority = priority
         self.key = key
-        self.seq = 0
-        """Its place among jobs of the same priority (set when it is queued)."""
+        self.order = 0
+        """Its place among jobs of the same priority: its id, or after a retry
+        the last id given out when it re-entered the queue."""
         self.parked = False
         """Waiting behind a running job of the same key, outside the job queue."""
         self.holds_key = False

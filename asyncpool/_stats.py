@@ -55,8 +55,10 @@ class Stats:
     `submitted == queued + busy + succeeded + failed + cancelled`.
 
     Attributes:
-        workers: The size of the pool (the `workers` argument).
-        idle: Workers not running a job (`workers - busy`).
+        workers: The size of the pool now (the `workers` argument, or the
+            last `resize`).
+        idle: Workers not running a job (`workers - busy`; 0 while a shrink
+            leaves more jobs running than `workers`).
         busy: Jobs running now; each occupies one worker.
         queued: Jobs accepted and not started yet.
         submitted: Jobs accepted since the dispatcher started.

@@ -26,14 +26,15 @@ from ._job import CORO_OBJECT, IN_PROCESS, IN_THREAD, ON_LOOP, OPTIONED, JobStat
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher
 
-__all__ = ("Inbox", "Worker", "running_dispatcher", "wait_through_cancellation")
+__all__ = ("Inbox", "Worker", "running_worker", "wait_through_cancellation")
 
-running_dispatcher: contextvars.ContextVar[Dispatcher | None] = contextvars.ContextVar(
-    "asyncpool_running_dispatcher", default=None
+running_worker: contextvars.ContextVar[Worker | None] = contextvars.ContextVar(
+    "asyncpool_running_worker", default=None
 )
-"""The dispatcher whose worker runs the current code (jobs, and tasks they start).
+"""The worker that runs the current code (its jobs, and tasks they start).
 
-Set once per worker task; tasks a job creates inherit it with the context.
+Set once per worker task (no cost per job); tasks a job creates inherit it
+with the context.
 """
 
 _QUEUED = JobState.QUEUED
@@ -78,7 +79,7 @@ class Worker:
         task = asyncio.current_task()
         assert task is not None
         self.task = task
-        running_dispatcher.set(dispatcher)
+        running_worker.set(self)
         try:
             while True:
                 handle = dispatcher._next_job_for(inbox)
@@ -175,6 +176,7 @@ class Worker:
         except TimeoutError as exc:
             if not scope.expired():
                 raise  # the job's own TimeoutError
+            self.dispatcher._timed_out += 1
             raise JobTimeout(
                 f"job {handle.id} ({_name(handle._fn)}) ran longer than its timeout of "
                 f"{timeout:g} s and was cancelled (try {handle.attempts})"

@@ -356,16 +356,15 @@ async def test_cleanup_cancels_what_is_left_after_grace_and_logs_each_job(
             "1 never started, 2 interrupted; of 4 submitted, 1 succeeded, 0 failed, 3 cancelled",
         ),
         (logging.WARNING, f"Dispatcher 'cut': unfinished job id=4 (never started): {last!r}"),
+        (logging.WARNING, f"Dispatcher 'cut': unfinished job id=2 (interrupted): {slow!r}"),
         (
             logging.WARNING,
             f"Dispatcher 'cut': unfinished job id=3 (interrupted): {after_quick!r}",
         ),
-        (logging.WARNING, f"Dispatcher 'cut': unfinished job id=2 (interrupted): {slow!r}"),
     ]
-    # The lines follow the report, whose interrupted jobs come in worker
-    # order: job 3 runs on the first worker, the one that ran job 1.
+    # The lines follow the report, whose jobs come in submission (id) order.
     assert dispatcher.shutdown_report == asyncpool.ShutdownReport(
-        never_started=(last,), interrupted=(after_quick, slow)
+        never_started=(last,), interrupted=(slow, after_quick)
     )
     assert "<JobHandle id=2 CANCELLED" in repr(slow)
 

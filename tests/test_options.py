@@ -499,3 +499,73 @@ async def test_key_shutdown_cancels_parked_jobs_and_reports_them() -> None:
     assert report.interrupted == (running,)
     assert d._keys == {}
     check_stats(d)
+
+
+# ------------------------------------------------------------ more of retry
+
+
+async def test_retry_predicate_that_raises_fails_the_job_not_the_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broken `on=` predicate does not kill a worker: the job fails with its own error, logged."""
+    caplog.set_level(logging.ERROR, logger="asyncpool")
+
+    def broken(exc: BaseException) -> bool:
+        raise ZeroDivisionError("predicate bug")
+
+    async with Dispatcher(workers=1) as d:
+        handle = await d.submit(Flaky(failures=1), retry=Retry(backoff=0, on=broken))
+        with pytest.raises(ConnectionError):
+            await handle
+        assert await (await d.submit(asyncio.sleep, 0, "worker alive")) == "worker alive"
+    assert any("retry predicate" in r.getMessage() for r in caplog.records)
+
+
+async def test_retry_reenters_at_the_back_of_its_priority(fast_clock: None) -> None:
+    """A retried job with a priority queues behind the jobs of that priority already waiting."""
+    ran: list[str] = []
+    flaky = Flaky(failures=1)
+
+    async def retried() -> None:
+        await flaky()
+        ran.append("retried")
+
+    async def record(name: str) -> None:
+        await asyncio.sleep(1)
+        ran.append(name)
+
+    async with Dispatcher(workers=1) as d:
+        await d.submit(retried, priority=5, retry=Retry(backoff=0.5, jitter=0))
+        for name in "abc":
+            await d.submit(record, name, priority=5)
+    assert ran == ["a", "b", "c", "retried"]
+
+
+async def test_handle_options_resubmit_the_same_job() -> None:
+    """handle.options gives back the options a job runs with, ready to submit it again."""
+    policy = Retry(attempts=2)
+    async with Dispatcher(workers=1, timeout=30) as d:
+        handle = await d.submit(asyncio.sleep, 0, "x", key="k", priority=3, retry=policy)
+        plain = await d.submit(Gate(value=1))
+        assert handle.options == {"timeout": 30.0, "retry": policy, "priority": 3, "key": "k"}
+        assert plain.options == {"timeout": 30.0}
+        again = await d.submit(handle.fn, *handle.args, **handle.kwargs, **handle.options)
+        assert again.options == handle.options
+        plain.cancel()
+    async with Dispatcher(workers=1) as d:
+        bare = await d.submit(asyncio.sleep, 0)
+    assert bare.options == {}
+
+
+async def test_shutdown_report_lists_jobs_in_submission_order() -> None:
+    """The report's tuples are in submission (id) order, whatever order the shutdown met them in."""
+    gates = [Gate() for _ in range(3)]
+    d = Dispatcher(workers=3)
+    await d.start()
+    handles = [await d.submit(g) for g in gates]
+    for g in gates:
+        await g.started.wait()
+    queued = [await d.submit(asyncio.sleep, 0, priority=p) for p in (1, 5, 3)]
+    report = await d.close(cancel=True)
+    assert report.interrupted == tuple(handles)
+    assert report.never_started == tuple(queued)
