@@ -22,6 +22,12 @@ PAGES = (
     "index.md",
     "tutorial.md",
     "howto/sync-and-threads.md",
+    "howto/timeouts-and-retries.md",
+    "howto/ordering.md",
+    "howto/streaming.md",
+    "howto/capacity.md",
+    "howto/shutdown.md",
+    "howto/observing.md",
     "howto/uvloop.md",
     "howto/migrating.md",
 )

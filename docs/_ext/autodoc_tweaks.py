@@ -36,15 +36,18 @@ NO_SIGNATURE = frozenset(
 )
 
 _FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
-_INLINE = re.compile(r"(?<![`:\w])`(?P<text>[^`\n]+)`(?![`\w])")
+# A trailing "s" is a Markdown plural ("the `JobHandle`s"), kept outside the markup.
+_INLINE = re.compile(r"(?<![`:\w])`(?P<text>[^`\n]+)`(?P<plural>s?)(?![`\w])")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][\w.]*(\(\))?$")
 
 
 def _inline(match: re.Match[str]) -> str:
     text = match["text"]
+    # reST needs a boundary after inline markup; an escaped space is one that renders as nothing.
+    plural = "\\ s" if match["plural"] else ""
     if _IDENTIFIER.match(text):
-        return f":py:obj:`{text}`"
-    return f"``{text}``"
+        return f":py:obj:`{text}`{plural}"
+    return f"``{text}``{plural}"
 
 
 def markdown_to_rest(lines: list[str]) -> list[str]:
