@@ -47,7 +47,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 from fastapi.responses import StreamingResponse
@@ -155,6 +155,6 @@ async def notify(order_id: int, background_tasks: BackgroundTasks) -> Queued:
 
 
 @app.get("/stats")
-async def stats(dispatcher: DispatcherDep) -> dict[str, int]:
-    """The dispatcher's counters: workers, idle, busy, queued, submitted, ..."""
+async def stats(dispatcher: DispatcherDep) -> dict[str, Any]:
+    """The dispatcher's counters (workers, idle, busy, queued, submitted, ...) and latencies."""
     return dataclasses.asdict(dispatcher.stats())
