@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest docs bench bench-instructions bench-peers clean
+.PHONY: demo test lint typecheck pytest docs bench bench-instructions bench-peers soak stress load clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,26 @@ bench-instructions: $(STAMP)
 bench-peers: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/peers.py $(ARGS)
+
+# The whole suite N times over in random order (pytest-randomly, which
+# pyproject.toml keeps off for every other run, and pytest-repeat); stops at
+# the first failure. The seed is printed first; replay an order with
+# `make soak PYTEST_ARGS=--randomly-seed=<seed>` (or `--randomly-seed=last`).
+N ?= 5
+soak: $(STAMP)
+	$(BIN)/python -m pytest -p randomly --count=$(N) -x $(PYTEST_ARGS)
+
+# The model-based test and the races with thousands of examples and dozens of
+# seeds (ASYNCPOOL_STRESS=1), in random order, under asyncio and uvloop.
+stress: $(STAMP)
+	ASYNCPOOL_STRESS=1 $(BIN)/python -m pytest -p randomly -x \
+		tests/test_state_machine.py tests/test_races.py $(PYTEST_ARGS)
+
+# Memory and correctness under load (benchmarks/load.py): a million jobs, an
+# endless map(), 10,000 sleepers, keyed jobs with retries; fails on a wrong
+# count or order, or on memory that grows. ARGS="--loop uvloop --scale 0.1".
+load: $(STAMP)
+	$(BIN)/python benchmarks/load.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) docs/_build .mypy_cache .pytest_cache .ruff_cache
