@@ -52,14 +52,18 @@ bench-peers: $(STAMP)
 # pyproject.toml keeps off for every other run, and pytest-repeat); stops at
 # the first failure. The seed is printed first; replay an order with
 # `make soak PYTEST_ARGS=--randomly-seed=<seed>` (or `--randomly-seed=last`).
+# The model-based test runs its long profile (ASYNCPOOL_STRESS=1: thousands
+# of examples) in every pass.
 N ?= 5
 soak: $(STAMP)
-	$(BIN)/python -m pytest -p randomly --count=$(N) -x $(PYTEST_ARGS)
+	ASYNCPOOL_STRESS=1 $(BIN)/python -m pytest -p randomly --count=$(N) -x $(PYTEST_ARGS)
 
 # The model-based test and the races with thousands of examples and dozens of
-# seeds (ASYNCPOOL_STRESS=1), in random order, under asyncio and uvloop.
+# seeds (ASYNCPOOL_STRESS=1), in random order, repeated STRESS_N times (the
+# races; the state machine runs its examples once), under asyncio and uvloop.
+STRESS_N ?= 2
 stress: $(STAMP)
-	ASYNCPOOL_STRESS=1 $(BIN)/python -m pytest -p randomly -x \
+	ASYNCPOOL_STRESS=1 $(BIN)/python -m pytest -p randomly --count=$(STRESS_N) -x \
 		tests/test_state_machine.py tests/test_races.py $(PYTEST_ARGS)
 
 # Memory and correctness under load (benchmarks/load.py): a million jobs, an
