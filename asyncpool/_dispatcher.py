@@ -768,6 +768,9 @@ class Dispatcher:
         """Return a job handed to a worker that will not start it to the front of the queue."""
         handle._handed_over = False
         self._backlog += 1
+        if self._rate is not None:
+            # The token _route took for it was not used for a start.
+            self._tokens = min(float(self._rate_burst), self._tokens + 1)
         if handle._how >= OPTIONED:
             self._heap_push(handle, handle._opts)  # at its old place, kept in `order`
         else:

@@ -488,6 +488,32 @@ async def test_resize_shrink_does_not_start_a_job_already_handed_to_a_worker() -
     assert (first.result(), second.result()) == (1, 2)
 
 
+async def test_resize_shrink_gives_back_the_rate_token_of_a_job_it_takes_back(
+    fast_clock: None,
+) -> None:
+    """A job taken back from a leaving worker did not start: its rate token is returned."""
+    loop = asyncio.get_running_loop()
+    running, handed = Gate(value=1), Gate(value=2)
+    # Two tokens, then one every 1000 s: a lost token would delay the second job for ever.
+    async with asyncpool.Dispatcher(workers=2, rate_limit=0.001, rate_burst=2) as d:
+        first = await d.submit(running)
+        await guarded(running.started.wait())
+        second = await d.submit(handed)
+        for _ in range(10):  # until the dispatcher loop routes it (bounded)
+            if second._was_handed_over():
+                break
+            await asyncio.sleep(0)
+        assert second._was_handed_over()
+        d.resize(1)
+        await let_run()
+        released_at = loop.time()
+        running.release()
+        await guarded(handed.started.wait())
+        assert loop.time() == pytest.approx(released_at)  # at once: the token came back
+        handed.release()
+    assert (first.result(), second.result()) == (1, 2)
+
+
 # -------------------------------------------------------------------- rate limit
 
 
