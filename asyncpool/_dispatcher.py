@@ -50,8 +50,8 @@ from ._map import map_results
 from ._options import (
     RESERVED_OPTIONS,
     JobOptions,
-    check_job_timeout,
     check_retry,
+    check_timeout,
     pop_options,
 )
 from ._retry import Retry
@@ -146,16 +146,6 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def _check_timeout(timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
-    return float(timeout)
-
-
 class Dispatcher:
     """A pool of worker coroutines fed from a bounded job queue.
 
@@ -230,7 +220,7 @@ class Dispatcher:
         if sync_in not in ("thread", "process"):
             raise ValueError(f"sync_in must be 'thread' or 'process', got {sync_in!r}")
         self._sync_in = sync_in
-        self._default_timeout = check_job_timeout(timeout)
+        self._default_timeout = check_timeout(timeout)
         self._default_retry = check_retry(retry)
         # Options on every job when a default is set: submit's fast path is off.
         self._has_defaults = timeout is not None or retry is not None
@@ -483,7 +473,7 @@ class Dispatcher:
         # is left waiting on the dispatcher.
         self._cancelling = True
         self._stopping = True
-        self._unusual = True
+        self._refresh_unusual()
         self._cancel_queued_jobs()
         # Workers that were cancelled while idle left their inboxes
         # registered; a job routed there since must still end final.
@@ -557,7 +547,7 @@ class Dispatcher:
             TypeError: `timeout` is not a number.
             ValueError: `timeout` is negative.
         """
-        timeout = _check_timeout(timeout)
+        timeout = check_timeout(timeout, zero_ok=True)
         if not isinstance(cancel, bool):
             raise TypeError(f"cancel must be a bool, got {cancel!r}")
         self._refuse_from_own_job("close")
@@ -651,13 +641,7 @@ class Dispatcher:
         self._abandoned.append(handle)
         if handle not in self._interrupted:  # the user had cancelled it already
             self._interrupted.append(handle)
-        self._busy -= 1
-        self._cancelled += 1
-        handle._job_state = _CANCELLED
-        handle._finished_at = self._now()
-        _future_cancel(handle, "abandoned by close(): the job did not stop when cancelled")
-        if handle.id <= self._join_horizon:
-            self._count_for_joins(handle)
+        self._finish_cancelled(handle, "abandoned by close(): the job did not stop when cancelled")
 
     def _abandoned_job_ended(self, handle: JobHandle[Any], error: BaseException | None) -> None:
         """A job that close() gave up on has ended at last: say how, since nobody can await it."""
@@ -864,11 +848,8 @@ class Dispatcher:
         for handle in parked:
             self._cancel_unstarted(handle)
         while self._backing_off:
-            handle = self._backing_off.pop()
-            timer = handle._opts.timer
-            if timer is not None:
-                timer.cancel()
-                handle._opts.timer = None
+            handle = next(iter(self._backing_off))
+            self._end_backoff(handle)
             self._cancel_unstarted(handle)
 
     def _cancel_unstarted(self, handle: JobHandle[Any]) -> None:
@@ -880,7 +861,7 @@ class Dispatcher:
 
     def _stop_workers(self) -> None:
         self._stopping = True
-        self._unusual = True
+        self._refresh_unusual()
         idle = self._idle_inboxes
         while self._idle_count:
             self._idle_count -= 1
@@ -1611,32 +1592,18 @@ class Dispatcher:
         Returns None when the worker must wait on its inbox (or stop, if the
         dispatcher is stopping).
         """
-        if self._unusual:
-            return self._next_job_unusual(inbox)
-        if self._job_queue and not self._idle_count:
-            handle = self._pop_job()
-            if handle is not None:
-                return handle
-        self._idle_count += 1
-        self._idle_inboxes.put_nowait(inbox)
-        if self._job_queue:
-            self._route()
-        return None
-
-    def _next_job_unusual(self, inbox: Inbox) -> JobHandle[Any] | None:
-        """`_next_job_for` when the dispatcher stops, shrinks, limits its rate or has priorities."""
-        if self._stopping:
-            return None
-        if self._retiring:  # a resize() shrank the pool: this worker leaves
-            self._retiring -= 1
-            self._refresh_unusual()
-            self._retire(inbox)
-            return None
-        if (
-            (self._job_queue or self._priority_heap)
-            and not self._idle_count
-            and self._rate is None  # with a rate limit, _route decides
-        ):
+        waiting: object = self._job_queue
+        if self._unusual:  # stopping, shrinking, a rate limit, or priorities
+            if self._stopping:
+                return None
+            if self._retiring:  # a resize() shrank the pool: this worker leaves
+                self._retiring -= 1
+                self._refresh_unusual()
+                self._retire(inbox)
+                return None
+            # With a rate limit, _route decides; priorities live in the heap too.
+            waiting = self._rate is None and (waiting or self._priority_heap)
+        if waiting and not self._idle_count:
             handle = self._pop_job()
             if handle is not None:
                 return handle
@@ -1882,6 +1849,14 @@ class Dispatcher:
         handle._opts.timer = self._loop.call_later(delay, self._requeue, handle)
         return True
 
+    def _end_backoff(self, handle: JobHandle[Any]) -> None:
+        """Stop a job's retry backoff timer (it will not be re-queued by it)."""
+        timer = handle._opts.timer
+        if timer is not None:
+            timer.cancel()
+            handle._opts.timer = None
+        self._backing_off.discard(handle)
+
     def _requeue(self, handle: JobHandle[Any]) -> None:
         """A retry's backoff is over: the job goes back in the queue."""
         handle._opts.timer = None
@@ -1904,9 +1879,7 @@ class Dispatcher:
         if handle._how >= OPTIONED:
             opts = handle._opts
             if opts.timer is not None:  # waiting out a retry backoff
-                opts.timer.cancel()
-                opts.timer = None
-                self._backing_off.discard(handle)
+                self._end_backoff(handle)
                 self._finish_cancelled(handle, msg)
                 return
             if opts.parked:  # waiting for its key, outside the queue

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from ._retry import Retry
 
-__all__ = ("RESERVED_OPTIONS", "JobOptions", "check_job_timeout", "check_retry", "pop_options")
+__all__ = ("RESERVED_OPTIONS", "JobOptions", "check_timeout", "check_retry", "pop_options")
 
 RESERVED_OPTIONS: Final = frozenset({"timeout", "retry", "priority", "key"})
 """Keyword names `submit` keeps for per-job options; never passed to a job."""
@@ -55,14 +55,21 @@ class JobOptions:
         """How many times the job has started (`JobHandle.attempts`)."""
 
 
-def check_job_timeout(timeout: object, name: str = "timeout") -> float | None:
-    """A job's time limit: None (no limit) or a number of seconds > 0."""
+def check_timeout(timeout: object, *, zero_ok: bool = False) -> float | None:
+    """A time limit in seconds, or None for none.
+
+    A job's limit must be > 0; `close(timeout=0)` (`zero_ok`) means "no time
+    at all" and is allowed.
+    """
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, got {timeout!r}")
-    if math.isnan(timeout) or timeout <= 0:
-        raise ValueError(f"{name} must be > 0 seconds (or None for no limit), got {timeout}")
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if zero_ok:
+        if math.isnan(timeout) or timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
+    elif math.isnan(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be > 0 seconds (or None for no limit), got {timeout}")
     return float(timeout)
 
 
@@ -86,7 +93,7 @@ def pop_options(
         TypeError, ValueError: an option has a wrong type or value; the
             message names it.
     """
-    timeout = check_job_timeout(kwargs.pop("timeout")) if "timeout" in kwargs else default_timeout
+    timeout = check_timeout(kwargs.pop("timeout")) if "timeout" in kwargs else default_timeout
     retry = check_retry(kwargs.pop("retry")) if "retry" in kwargs else default_retry
     priority = kwargs.pop("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int):
