@@ -81,6 +81,7 @@ _BASE_LOOP_TIME = asyncio.BaseEventLoop.time
 _WINDOW_MASK = WINDOW - 1
 _MIN_GRACE = 0.1  # seconds close(timeout=...) waits at least for cancelled jobs to stop
 _SAMPLE_MASK = 3  # after the first WINDOW jobs, one job in four is sampled
+_NO_FN = object()  # what `_plain_fn` holds when submit's fast path is off: no target is it
 
 
 class _AsyncProcess(Protocol[T_co]):
@@ -195,6 +196,76 @@ class Dispatcher:
             `rate_burst` < 1, or `rate_burst` is given without `rate_limit`.
     """
 
+    # Slots: every attribute read on the hot path is a fixed-offset load.
+    __slots__ = (
+        "__weakref__",
+        "_abandoned",
+        "_backing_off",
+        "_backlog",
+        "_body_cancel_requested",
+        "_body_task",
+        "_busy",
+        "_cancelled",
+        "_cancelling",
+        "_dead",
+        "_default_retry",
+        "_default_timeout",
+        "_errors",
+        "_errors_raised",
+        "_fail_fast",
+        "_failed",
+        "_fatal",
+        "_group",
+        "_has_defaults",
+        "_idle_count",
+        "_idle_inboxes",
+        "_interrupted",
+        "_job_queue",
+        "_join_horizon",
+        "_join_waiters",
+        "_keys",
+        "_lifecycle",
+        "_loop",
+        "_loop_waiter",
+        "_name",
+        "_never_started",
+        "_next_worker_index",
+        "_now",
+        "_old_pools",
+        "_on_error",
+        "_plain_fn",
+        "_priorities_used",
+        "_priority_heap",
+        "_process_pool",
+        "_putters",
+        "_queue_size",
+        "_queued",
+        "_rate",
+        "_rate_burst",
+        "_rate_timer",
+        "_rejected",
+        "_reserved",
+        "_retiring",
+        "_retried",
+        "_run_samples",
+        "_runner",
+        "_sample_count",
+        "_shutdown_report",
+        "_size",
+        "_stopping",
+        "_submitted",
+        "_succeeded",
+        "_sync_in",
+        "_thread_limiter",
+        "_tie",
+        "_timed_out",
+        "_tokens",
+        "_tokens_at",
+        "_unusual",
+        "_wait_samples",
+        "_workers",
+    )
+
     def __init__(
         self,
         workers: int = 8,
@@ -255,9 +326,13 @@ class Dispatcher:
         self._old_pools: list[ProcessPoolExecutor] = []  # replaced by resize()
         self._idle_inboxes: asyncio.Queue[Inbox] = asyncio.Queue()
         self._idle_count = 0  # its qsize(), kept here: the hot path reads it per job
-        self._wakeup = asyncio.Event()
+        # The dispatcher loop's wake-up: set while the loop sleeps, taken by whoever wakes it.
+        self._loop_waiter: asyncio.Future[None] | None = None
         self._thread_limiter: anyio.CapacityLimiter | None = None
         self._now: Callable[[], float] = time.monotonic
+        # The last plain coroutine function submitted without options while
+        # running: submitting it again skips classify() (one identity test).
+        self._plain_fn: object = _NO_FN
 
         # The job queue. Cancelled jobs are left in it and skipped by _route
         # ("dead" entries) so that cancelling is O(1); `_backlog` counts the
@@ -486,6 +561,7 @@ class Dispatcher:
             self._rate_timer.cancel()
             self._rate_timer = None
         self._lifecycle = _Lifecycle.CLOSED
+        self._plain_fn = _NO_FN
         self._wake_putters(everyone=True)
 
     async def join(self) -> None:
@@ -633,6 +709,7 @@ class Dispatcher:
             ", ".join(repr(h) for h in self._abandoned),
         )
         self._lifecycle = _Lifecycle.CLOSED
+        self._plain_fn = _NO_FN
         self._wake_putters(everyone=True)
         return False
 
@@ -818,6 +895,7 @@ class Dispatcher:
     def _stop_accepting(self) -> None:
         if self._lifecycle is _Lifecycle.RUNNING:
             self._lifecycle = _Lifecycle.CLOSING
+            self._plain_fn = _NO_FN  # submit's fast path must see the lifecycle now
             self._wake_putters(everyone=True)
 
     def _cancel_all(self) -> None:
@@ -866,7 +944,7 @@ class Dispatcher:
         while self._idle_count:
             self._idle_count -= 1
             idle.get_nowait().put_nowait(None)
-        self._wakeup.set()
+        self._wake_loop()
 
     # ----------------------------------------------------------- submitting
 
@@ -1035,7 +1113,10 @@ class Dispatcher:
             DispatcherClosed: the dispatcher is not running (not started,
                 closing or closed), including when it closes while waiting.
         """
-        how, fn, opts = self._prepare(target, args, kwargs)
+        if target is self._plain_fn and not kwargs:
+            how, fn, opts = ON_LOOP, target, None  # the same coroutine function as last time
+        else:
+            how, fn, opts = self._prepare(target, args, kwargs)
         size = self._queue_size
         # _has_room(), inlined: this runs for every job.
         if (
@@ -1201,7 +1282,10 @@ class Dispatcher:
             TypeError: as for `submit`.
             DispatcherClosed: as for `submit`.
         """
-        how, fn, opts = self._prepare(target, args, kwargs)
+        if target is self._plain_fn and not kwargs:
+            how, fn, opts = ON_LOOP, target, None  # the same coroutine function as last time
+        else:
+            how, fn, opts = self._prepare(target, args, kwargs)
         if not self._has_room():
             _close_if_coroutine(fn)
             self._rejected += 1
@@ -1221,7 +1305,10 @@ class Dispatcher:
             and self._lifecycle is _Lifecycle.RUNNING
             and not self._has_defaults
         ):
-            return ON_LOOP, target, None  # the common case, decided without classify()
+            # The common case, decided without classify(); remembered, so
+            # that the next submit of the same function skips even this.
+            self._plain_fn = target
+            return ON_LOOP, target, None
         try:
             opts = None
             if self._has_defaults or not RESERVED_OPTIONS.isdisjoint(kwargs):
@@ -1324,7 +1411,8 @@ class Dispatcher:
         # them with defaults. Fewer stores here is measurably faster.
         self._submitted += 1
         handle.id = self._submitted
-        handle._queued_at = self._now()
+        now = self._now  # a local: a method-style call of an attribute is slow
+        handle._queued_at = now()
         self._queued += 1
         self._backlog += 1
         if opts is None:
@@ -1336,8 +1424,8 @@ class Dispatcher:
             if opts.key is not None and not self._claim_key(handle, opts):
                 return handle  # parked behind an earlier job of its key
             self._push(handle, opts)
-        if self._idle_count:
-            self._wakeup.set()
+        if self._idle_count and self._loop_waiter is not None:
+            self._wake_loop()
         return handle
 
     def _push(self, handle: JobHandle[Any], opts: JobOptions) -> None:
@@ -1579,6 +1667,7 @@ class Dispatcher:
                     self._tokens += 1  # not used: give it back
                 return
             self._idle_count -= 1
+            handle._handed_over = True  # in an inbox: cancelling it must not touch the queue
             idle.get_nowait().put_nowait(handle)
 
     def _next_job_for(self, inbox: Inbox) -> JobHandle[Any] | None:
@@ -1592,7 +1681,7 @@ class Dispatcher:
         Returns None when the worker must wait on its inbox (or stop, if the
         dispatcher is stopping).
         """
-        waiting: object = self._job_queue
+        jobs = self._job_queue
         if self._unusual:  # stopping, shrinking, a rate limit, or priorities
             if self._stopping:
                 return None
@@ -1602,11 +1691,21 @@ class Dispatcher:
                 self._retire(inbox)
                 return None
             # With a rate limit, _route decides; priorities live in the heap too.
-            waiting = self._rate is None and (waiting or self._priority_heap)
-        if waiting and not self._idle_count:
-            handle = self._pop_job()
-            if handle is not None:
-                return handle
+            if self._rate is None and (jobs or self._priority_heap) and not self._idle_count:
+                handle = self._pop_job()
+                if handle is not None:
+                    return handle
+        elif jobs and not self._idle_count:
+            # _pop_job's common case (no priorities: the deque alone), inlined
+            # because it runs once per job in a busy pool.
+            while jobs:
+                handle = jobs.popleft()
+                if handle._job_state is _QUEUED:
+                    self._backlog -= 1
+                    if self._putters:
+                        self._wake_putters()
+                    return handle
+                self._dead -= 1  # cancelled while it waited
         self._idle_count += 1
         self._idle_inboxes.put_nowait(inbox)
         if self._job_queue or self._priority_heap:
@@ -1632,7 +1731,6 @@ class Dispatcher:
             while jobs:
                 handle = jobs.popleft()
                 if handle._job_state is _QUEUED:
-                    handle._handed_over = True
                     self._backlog -= 1
                     if self._putters:
                         self._wake_putters()
@@ -1655,7 +1753,6 @@ class Dispatcher:
             if handle._job_state is not _QUEUED:
                 self._dead -= 1  # cancelled while it waited
                 continue
-            handle._handed_over = True
             self._backlog -= 1
             if self._putters:
                 self._wake_putters()
@@ -1678,7 +1775,7 @@ class Dispatcher:
         # before the jobs submitted after it (its order is its id).
         self._heap_push(handle, following)
         if self._idle_count:
-            self._wakeup.set()
+            self._wake_loop()
 
     def _take_token(self) -> bool:
         """The rate limit's token bucket: may a job start now?
@@ -1706,29 +1803,36 @@ class Dispatcher:
             self._route()
 
     async def _dispatch_loop(self) -> None:
-        """Sleep until a job waits while a worker is idle; then route."""
-        wakeup = self._wakeup
-        while True:
-            await wakeup.wait()
-            wakeup.clear()
-            if self._stopping:
-                return
+        """Route; sleep until a job waits while a worker is idle; repeat.
+
+        Routing before every sleep means nothing queued while the loop was
+        not asleep (before its first run, or between its wake-up and now)
+        is missed: `_wake_loop` only has to wake a sleeping loop.
+        """
+        loop = self._loop
+        assert loop is not None
+        while not self._stopping:
             self._route()
+            waiter = self._loop_waiter = loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._loop_waiter = None
+
+    def _wake_loop(self) -> None:
+        """Wake the dispatcher loop if it sleeps (once: later calls are free)."""
+        waiter = self._loop_waiter
+        if waiter is not None:
+            self._loop_waiter = None
+            if not waiter.done():  # else the loop is being cancelled
+                waiter.set_result(None)
 
     # ------------------------------------------------------------ job states
 
-    def _job_started(self, handle: JobHandle[Any], task: asyncio.Task[Any]) -> None:
-        handle._job_state = _RUNNING
-        handle._worker_task = task
-        handle._cancel_requested = False
-        handle._started_at = self._now()
-        handle._attempts = 1  # a job with options counts its tries in _run_with_options
-        self._queued -= 1
-        self._busy += 1
-
     def _finish_succeeded(self, handle: JobHandle[Any], result: Any) -> None:
         handle._job_state = _SUCCEEDED
-        now = handle._finished_at = self._now()
+        clock = self._now
+        now = handle._finished_at = clock()
         # The latency rings, inlined. Every job of the first WINDOW, then
         # every fourth: recording costs more than 5% of a trivial job.
         job_id = handle.id
@@ -1747,7 +1851,8 @@ class Dispatcher:
             self._release_key(handle._opts)
 
     def _finish_failed(self, handle: JobHandle[Any], exc: BaseException, *, fatal: bool) -> None:
-        now = self._now()
+        clock = self._now
+        now = clock()
         if not handle.id & _SAMPLE_MASK or handle.id <= WINDOW:
             i = self._sample_count
             started = handle._started_at
@@ -1872,7 +1977,7 @@ class Dispatcher:
         handle._opts.order = self._submitted  # behind every job accepted so far
         self._heap_push(handle, handle._opts)
         if self._idle_count:
-            self._wakeup.set()
+            self._wake_loop()
 
     def _cancel_queued(self, handle: JobHandle[Any], msg: Any) -> None:
         """`handle.cancel()` on a job that has not started (or waits to be retried)."""

@@ -80,9 +80,9 @@ class JobHandle(asyncio.Future[T], Generic[T]):
         """How many times the job has been started: 0 before its first try, then 1,
         and one more for each retry."""
         try:
-            return self._attempts
-        except AttributeError:  # not started yet: the slot is left unset
-            return 0
+            return self._attempts  # set for jobs with options, which count their tries
+        except AttributeError:  # a job without options runs once
+            return 1 if hasattr(self, "_started_at") else 0
 
     @property
     def queued_at(self) -> float:

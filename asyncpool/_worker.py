@@ -38,6 +38,7 @@ with the context.
 """
 
 _QUEUED = JobState.QUEUED
+_RUNNING = JobState.RUNNING
 
 # Phases of a call handed to a worker thread (see Worker._run_in_thread).
 _PENDING = "pending"
@@ -80,6 +81,8 @@ class Worker:
         assert task is not None
         self.task = task
         running_worker.set(self)
+        cancelling = task.cancelling  # bound once: a method call on a task is slow to look up
+        now = dispatcher._now
         try:
             while True:
                 handle = dispatcher._next_job_for(inbox)
@@ -95,7 +98,13 @@ class Worker:
                     dispatcher._cancel_unstarted(handle)
                     continue
                 self.current = handle
-                dispatcher._job_started(handle, task)
+                # The job starts (Dispatcher._job_started, inlined: it is per job).
+                handle._job_state = _RUNNING
+                handle._worker_task = task
+                handle._cancel_requested = False
+                handle._started_at = now()
+                dispatcher._queued -= 1
+                dispatcher._busy += 1
                 try:
                     how = handle._how
                     if how == ON_LOOP:
@@ -150,7 +159,7 @@ class Worker:
                 # Drop the job's data before waiting: an idle worker must not
                 # keep the last result, error or arguments (and their frames) alive.
                 handle = result = error = None
-                if task.cancelling():
+                if cancelling():
                     if dispatcher._workers_cancelled():
                         # The worker itself is being cancelled (its group is
                         # shutting down), whether or not the job noticed.
@@ -166,7 +175,7 @@ class Worker:
         """Run a job that has per-job options: count the try, and keep its time limit."""
         opts = handle._opts
         opts.tries += 1
-        handle._attempts = opts.tries  # _job_started, on the common path, said 1
+        handle._attempts = opts.tries
         timeout = opts.timeout
         if timeout is None:
             return await self._call(handle, how)
