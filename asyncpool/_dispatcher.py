@@ -56,7 +56,7 @@ from ._options import (
 )
 from ._retry import Retry
 from ._stats import WINDOW, ShutdownReport, Stats, latency
-from ._worker import Inbox, Worker, running_worker, wait_through_cancellation
+from ._worker import Inbox, LeanQueue, Worker, running_worker, wait_through_cancellation
 
 __all__ = ("RESERVED_OPTIONS", "Dispatcher")
 
@@ -324,7 +324,7 @@ class Dispatcher:
         self._next_worker_index = 0
         self._retiring = 0  # busy workers that leave when their job ends (resize)
         self._old_pools: list[ProcessPoolExecutor] = []  # replaced by resize()
-        self._idle_inboxes: asyncio.Queue[Inbox] = asyncio.Queue()
+        self._idle_inboxes: LeanQueue[Inbox] = LeanQueue()
         self._idle_count = 0  # its qsize(), kept here: the hot path reads it per job
         # The dispatcher loop's wake-up: set while the loop sleeps, taken by whoever wakes it.
         self._loop_waiter: asyncio.Future[None] | None = None
@@ -1673,9 +1673,10 @@ class Dispatcher:
     def _next_job_for(self, inbox: Inbox) -> JobHandle[Any] | None:
         """A worker is free: give it a job to start now, or register it as idle.
 
-        If jobs wait and no other worker is idle, the routing rule would pick
-        this worker; it gets the oldest job directly, instead of parking its
-        inbox in the idle queue only to have it taken out again. This direct
+        If jobs wait, the workers idle for longer get theirs first (`_route`);
+        if jobs are still left, the routing rule would pick this worker next,
+        so it gets the oldest one directly, instead of parking its inbox in
+        the idle queue only to have it taken out again. This direct
         handoff is what keeps a busy pool from paying queue round trips and
         wake-ups per job. Otherwise the inbox is registered and `_route` runs.
         Returns None when the worker must wait on its inbox (or stop, if the
@@ -1691,11 +1692,19 @@ class Dispatcher:
                 self._retire(inbox)
                 return None
             # With a rate limit, _route decides; priorities live in the heap too.
-            if self._rate is None and (jobs or self._priority_heap) and not self._idle_count:
-                handle = self._pop_job()
-                if handle is not None:
-                    return handle
-        elif jobs and not self._idle_count:
+            if self._rate is None and (jobs or self._priority_heap):
+                if self._idle_count:
+                    self._route()  # the longer-idle workers first
+                if not self._idle_count:
+                    handle = self._pop_job()
+                    if handle is not None:
+                        return handle
+        elif jobs:
+            if self._idle_count:
+                # Workers idle for longer come first: the routing rule gives
+                # them the oldest jobs. If jobs are left, every worker but
+                # this one is busy, and the next job is this worker's.
+                self._route()
             # _pop_job's common case (no priorities: the deque alone), inlined
             # because it runs once per job in a busy pool.
             while jobs:
