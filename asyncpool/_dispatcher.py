@@ -81,6 +81,7 @@ _BASE_LOOP_TIME = asyncio.BaseEventLoop.time
 _WINDOW_MASK = WINDOW - 1
 _MIN_GRACE = 0.1  # seconds close(timeout=...) waits at least for cancelled jobs to stop
 _SAMPLE_MASK = 3  # after the first WINDOW jobs, one job in four is sampled
+_MAX_JOB_CLASSES = 64  # Job classes whose process() submit remembers
 _NO_FN = object()  # what `_plain_fn` holds when submit's fast path is off: no target is it
 
 
@@ -220,6 +221,7 @@ class Dispatcher:
         "_idle_count",
         "_idle_inboxes",
         "_interrupted",
+        "_job_classes",
         "_job_queue",
         "_join_horizon",
         "_join_waiters",
@@ -333,6 +335,9 @@ class Dispatcher:
         # The last plain coroutine function submitted without options while
         # running: submitting it again skips classify() (one identity test).
         self._plain_fn: object = _NO_FN
+        # The same for Job objects: Job classes whose process() is an async
+        # method, with that method's function.
+        self._job_classes: dict[type, FunctionType] = {}
 
         # The job queue. Cancelled jobs are left in it and skipped by _route
         # ("dead" entries) so that cancelling is O(1); `_backlog` counts the
@@ -562,6 +567,7 @@ class Dispatcher:
             self._rate_timer = None
         self._lifecycle = _Lifecycle.CLOSED
         self._plain_fn = _NO_FN
+        self._job_classes = {}
         self._wake_putters(everyone=True)
 
     async def join(self) -> None:
@@ -710,6 +716,7 @@ class Dispatcher:
         )
         self._lifecycle = _Lifecycle.CLOSED
         self._plain_fn = _NO_FN
+        self._job_classes = {}
         self._wake_putters(everyone=True)
         return False
 
@@ -895,7 +902,8 @@ class Dispatcher:
     def _stop_accepting(self) -> None:
         if self._lifecycle is _Lifecycle.RUNNING:
             self._lifecycle = _Lifecycle.CLOSING
-            self._plain_fn = _NO_FN  # submit's fast path must see the lifecycle now
+            self._plain_fn = _NO_FN  # submit's fast paths must see the lifecycle now
+            self._job_classes = {}
             self._wake_putters(everyone=True)
 
     def _cancel_all(self) -> None:
@@ -1298,6 +1306,13 @@ class Dispatcher:
     def _prepare(
         self, target: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[int, Any, JobOptions | None]:
+        known = self._job_classes.get(type(target))
+        if known is not None and not args and not kwargs:
+            # A Job of a class seen before: if its process() is still the
+            # class's async method, it runs on the loop like last time.
+            process = target.process  # type: ignore[attr-defined]
+            if getattr(process, "__func__", None) is known:
+                return ON_LOOP, process, None
         if (
             type(target) is FunctionType
             and target.__code__.co_flags & _CO_COROUTINE
@@ -1333,7 +1348,21 @@ class Dispatcher:
         except BaseException:
             _close_if_coroutine(target)
             raise
+        if how == ON_LOOP and opts is None and fn is not target and not self._has_defaults:
+            self._remember_job_class(target, fn)
         return how, fn, opts
+
+    def _remember_job_class(self, job: object, process: Any) -> None:
+        """A Job whose `process` is an `async def` method: let the next of its class skip classify()."""
+        func = getattr(process, "__func__", None)
+        if (
+            getattr(process, "__self__", None) is job
+            and type(func) is FunctionType
+            and func.__code__.co_flags & _CO_COROUTINE
+        ):
+            if len(self._job_classes) >= _MAX_JOB_CLASSES:
+                self._job_classes.clear()  # classes made on the fly: keep the table small
+            self._job_classes[type(job)] = func
 
     def _closed_error(self) -> DispatcherClosed:
         state = self._lifecycle
