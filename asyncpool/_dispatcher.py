@@ -1353,7 +1353,7 @@ class Dispatcher:
         return how, fn, opts
 
     def _remember_job_class(self, job: object, process: Any) -> None:
-        """A Job whose `process` is an `async def` method: let the next of its class skip classify()."""
+        """A Job whose `process` is an async method: later Jobs of its class skip classify()."""
         func = getattr(process, "__func__", None)
         if (
             getattr(process, "__self__", None) is job
