@@ -118,6 +118,9 @@ class Worker:
         running_worker.set(self)
         cancelling = task.cancelling  # bound once: a method call on a task is slow to look up
         now = dispatcher._now
+        # When this worker last became free: the start time of a job it takes
+        # in the same step (one clock read per job fewer on the busy path).
+        free_at = now()
         try:
             while True:
                 handle = dispatcher._next_job_for(inbox)
@@ -127,6 +130,7 @@ class Worker:
                     handle = await inbox.get()
                     if handle is None:
                         return
+                    free_at = now()
                     if handle._job_state is not _QUEUED:
                         continue  # cancelled after it was handed over
                 if dispatcher._cancelling:
@@ -137,7 +141,7 @@ class Worker:
                 handle._job_state = _RUNNING
                 handle._worker_task = task
                 handle._cancel_requested = False
-                handle._started_at = now()
+                handle._started_at = free_at
                 dispatcher._queued -= 1
                 dispatcher._busy += 1
                 try:
@@ -184,13 +188,13 @@ class Worker:
                         dispatcher._abandoned_job_ended(handle, error)
                         error = _ALREADY_FINAL
                 if error is None:
-                    dispatcher._finish_succeeded(handle, result)
-                elif isinstance(error, asyncio.CancelledError):
-                    dispatcher._finish_cancelled(handle, error.args[0] if error.args else None)
-                elif error is _ALREADY_FINAL:
-                    pass
+                    free_at = dispatcher._finish_succeeded(handle, result)
                 else:
-                    dispatcher._finish_failed(handle, error, fatal=False)
+                    if isinstance(error, asyncio.CancelledError):
+                        dispatcher._finish_cancelled(handle, error.args[0] if error.args else None)
+                    elif error is not _ALREADY_FINAL:
+                        dispatcher._finish_failed(handle, error, fatal=False)
+                    free_at = now()
                 # Drop the job's data before waiting: an idle worker must not
                 # keep the last result, error or arguments (and their frames) alive.
                 handle = result = error = None
