@@ -1310,7 +1310,7 @@ class Dispatcher:
         if known is not None and not args and not kwargs:
             # A Job of a class seen before: if its process() is still the
             # class's async method, it runs on the loop like last time.
-            process = target.process  # type: ignore[attr-defined]
+            process = getattr(target, "process", None)  # an instance may lack it
             if getattr(process, "__func__", None) is known:
                 return ON_LOOP, process, None
         if (

@@ -11,7 +11,7 @@ import abc
 import enum
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
-from types import FunctionType
+from types import FunctionType, MethodType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 __all__ = ("AsyncJob", "Job", "JobState", "SyncJob")
@@ -145,7 +145,9 @@ def classify(
             )
         return CORO_OBJECT, target
     process = getattr(target, "process", None)
-    if process is not None and not isinstance(target, type):
+    # A function or method is called, even if it carries an attribute named
+    # `process`: it is not a Job object.
+    if process is not None and not isinstance(target, (type, FunctionType, MethodType)):
         if not callable(process):
             raise TypeError(
                 f"submit() got {_describe(target)} whose 'process' attribute is not callable"
