@@ -1687,7 +1687,7 @@ class Dispatcher:
         decision is made.
         """
         idle = self._idle_inboxes
-        while self._idle_count:
+        while self._idle_count and (self._job_queue or self._priority_heap):
             if self._rate is not None and not self._take_token():
                 return  # a timer routes again when the next start is allowed
             handle = self._pop_job()
