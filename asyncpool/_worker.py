@@ -59,7 +59,7 @@ class LeanQueue(asyncio.Queue[T]):
     nobody calls `join()` or `task_done()` on them, and they have no
     `maxsize`, so nobody waits in `put()`. `put_nowait` and `get_nowait`,
     which the routing rule calls for every job handed to an idle worker, skip
-    that bookkeeping (three Python calls each) and wake a waiting `get()`
+    that bookkeeping (three or four Python calls each) and wake a waiting `get()`
     the way `asyncio.Queue` does. `get()`, `empty()` and `qsize()` are
     asyncio's own.
     """
