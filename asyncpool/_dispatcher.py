@@ -820,15 +820,19 @@ class Dispatcher:
             # Next, workers that were handed a job they have not started yet:
             # starting it would exceed the new size, so it goes back to the
             # front of the queue and the worker leaves.
+            taken_back = []
             for worker in list(self._workers):
                 if not leaving:
                     break
                 if worker.current is None and not worker.inbox.empty():
                     handle = worker.inbox.get_nowait()
                     if handle is not None and handle._job_state is _QUEUED:
-                        self._put_back(handle)
+                        taken_back.append(handle)
                     self._retire(worker.inbox)
                     leaving -= 1
+            # The newest first: each goes to the front, so the oldest ends up at the head.
+            for handle in sorted(taken_back, key=_by_id, reverse=True):
+                self._put_back(handle)
             self._retiring += leaving
             self._refresh_unusual()
 

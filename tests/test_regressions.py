@@ -166,3 +166,31 @@ async def test_timed_out_counts_only_the_dispatchers_own_timeouts() -> None:
     async with Dispatcher(workers=1, on_error=lambda h, e: None) as d:
         await d.submit(reraise, timeout=10)
     assert (d.stats().timed_out, d.stats().failed) == (0, 1)
+
+
+async def test_jobs_taken_back_by_a_shrink_keep_their_order() -> None:
+    """resize() takes back jobs handed to leaving workers: they run oldest first, as queued."""
+    order: list[str] = []
+
+    async def record(name: str) -> None:
+        order.append(name)
+
+    gate = Gate()
+    async with Dispatcher(workers=3) as d:
+        blocker = d.submit_nowait(gate)
+        await gate.started.wait()  # one worker busy, two idle
+        first = d.submit_nowait(record, "first")
+        second = d.submit_nowait(record, "second")
+        # One turn: the dispatcher loop hands both jobs to the idle workers'
+        # inboxes, and the workers have not run yet.
+        await asyncio.sleep(0)
+        assert d._idle_count == 0
+        assert d.stats().queued == 2
+        d.resize(1)  # both workers leave; their jobs go back to the queue
+        gate.release()
+        await asyncio.wait_for(asyncio.gather(blocker, first, second), 10)
+        check_stats(d)
+    assert order == ["first", "second"]
+    assert first.started_at is not None
+    assert second.started_at is not None
+    assert first.started_at <= second.started_at
