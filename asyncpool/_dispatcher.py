@@ -1105,7 +1105,9 @@ class Dispatcher:
 
         Accepted forms:
 
-        * a `Job`: an object with a `process()` method, async or sync;
+        * a `Job`: an object with a `process()` method, async or sync (a
+          function or method is called, even if it has an attribute named
+          `process`);
         * a coroutine function and its arguments: `submit(fetch, url, retries=3)`;
         * a sync callable and its arguments: it runs in a worker thread;
         * a coroutine object: `submit(fetch(url))`. It runs once.

@@ -372,7 +372,7 @@ async def process_result() -> str:
     return "process"
 
 
-async def test_coroutine_function_with_a_process_attribute_runs_the_same_with_options() -> None:
+async def test_coroutine_function_with_a_process_attribute_is_called() -> None:
     """Whether a dispatcher has a default timeout does not change what a target runs."""
     vars(own_result)["process"] = process_result
     try:
