@@ -565,9 +565,7 @@ class Dispatcher:
         if self._rate_timer is not None:
             self._rate_timer.cancel()
             self._rate_timer = None
-        self._lifecycle = _Lifecycle.CLOSED
-        self._plain_fn = _NO_FN
-        self._job_classes = {}
+        self._leave_running(_Lifecycle.CLOSED)
         self._wake_putters(everyone=True)
 
     async def join(self) -> None:
@@ -714,9 +712,7 @@ class Dispatcher:
             len(self._abandoned),
             ", ".join(repr(h) for h in self._abandoned),
         )
-        self._lifecycle = _Lifecycle.CLOSED
-        self._plain_fn = _NO_FN
-        self._job_classes = {}
+        self._leave_running(_Lifecycle.CLOSED)
         self._wake_putters(everyone=True)
         return False
 
@@ -905,10 +901,15 @@ class Dispatcher:
 
     def _stop_accepting(self) -> None:
         if self._lifecycle is _Lifecycle.RUNNING:
-            self._lifecycle = _Lifecycle.CLOSING
-            self._plain_fn = _NO_FN  # submit's fast paths must see the lifecycle now
-            self._job_classes = {}
+            self._leave_running(_Lifecycle.CLOSING)
             self._wake_putters(everyone=True)
+
+    def _leave_running(self, state: str) -> None:
+        """Enter a state after RUNNING; submit's fast paths, which skip the
+        lifecycle check, stop matching, so the next submit is refused."""
+        self._lifecycle = state
+        self._plain_fn = _NO_FN
+        self._job_classes = {}
 
     def _cancel_all(self) -> None:
         self._cancelling = True
