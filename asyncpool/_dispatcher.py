@@ -9,10 +9,12 @@ The shape is the Go seed's, done in asyncio:
 * `_route` hands the oldest waiting job to the longest-idle inbox. It is the
   whole routing rule, and it is synchronous: every scheduling decision is
   made there, and all awaiting happens outside it;
-* the dispatcher loop (`_dispatch_loop`) sleeps until a job arrives while a
-  worker is idle, then routes everything it can in one pass; a worker that
-  goes idle while jobs wait routes on the spot, so a busy pool never pays a
-  wake-up of the loop per job;
+* `submit` routes on the spot when a worker is idle (the job starts one turn
+  of the event loop later), and a worker that becomes free while jobs wait
+  routes on the spot too, so no job pays a wake-up of the dispatcher loop on
+  its way in; the dispatcher loop (`_dispatch_loop`) routes the jobs that
+  come back from elsewhere (a retry after its backoff, the next job of a
+  key) and sleeps in between;
 * one `asyncio.TaskGroup` owns the workers and the loop: it is the WaitGroup.
 """
 
@@ -1460,8 +1462,10 @@ class Dispatcher:
             if opts.key is not None and not self._claim_key(handle, opts):
                 return handle  # parked behind an earlier job of its key
             self._push(handle, opts)
-        if self._idle_count and self._loop_waiter is not None:
-            self._wake_loop()
+        if self._idle_count:
+            # A worker is idle: hand the job over now (one event-loop turn to
+            # its start), not through a wake-up of the dispatcher loop (two).
+            self._route()
         return handle
 
     def _push(self, handle: JobHandle[Any], opts: JobOptions) -> None:

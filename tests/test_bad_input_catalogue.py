@@ -592,9 +592,10 @@ def _fail_fast(row: Row) -> list[Case]:
 
 def _queue_full(row: Row) -> list[Case]:
     def fill(d: Any) -> None:
-        # submit_nowait never yields, so the dispatcher loop routes none of
-        # these away: the third finds queue_size jobs waiting.
-        for _ in range(3):
+        # The first job goes straight to the idle worker's inbox; submit_nowait
+        # never yields, so the worker takes nothing more: the next two fill
+        # the queue, and the fourth finds queue_size jobs waiting.
+        for _ in range(4):
             d.submit_nowait(_noop)
 
     return [row.case("submit_nowait-queue-full", _on_running(fill, queue_size=2))]

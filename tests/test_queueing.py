@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 import asyncpool
+from asyncpool._worker import running_worker
 from tests._jobs import Gate, check_stats
 
 
@@ -147,3 +148,72 @@ async def test_concurrent_joins_each_wait_for_their_own_snapshot() -> None:
         assert not second.done()
         b.release()
         await second
+
+
+async def _all_idle(dispatcher: asyncpool.Dispatcher) -> None:
+    """Wait (a bounded number of loop turns) until every worker has registered as idle."""
+    for _ in range(100):
+        if dispatcher._idle_count == dispatcher.workers:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"workers never all idle: {dispatcher._idle_count}")
+
+
+@pytest.mark.parametrize("method", ["submit", "submit_nowait"])
+async def test_a_job_submitted_while_a_worker_is_idle_starts_at_the_next_loop_turn(
+    method: str,
+) -> None:
+    """With a worker idle, submit hands the job to its inbox itself: one turn, no loop hop."""
+    started = asyncio.Event()
+
+    async def job() -> None:
+        started.set()
+
+    async with asyncpool.Dispatcher(workers=2) as dispatcher:
+        await _all_idle(dispatcher)
+        if method == "submit":
+            handle = await dispatcher.submit(job)
+        else:
+            handle = dispatcher.submit_nowait(job)
+        assert handle.state is asyncpool.JobState.QUEUED  # in the inbox, not started
+        assert dispatcher._idle_count == 1
+        assert not started.is_set()
+        await asyncio.sleep(0)  # one turn of the event loop: the worker runs
+        assert started.is_set()
+        await asyncio.wait_for(handle, 10)
+        check_stats(dispatcher)
+
+
+async def test_submit_hands_each_job_to_the_longest_idle_worker() -> None:
+    """The direct handoff at submit keeps the routing rule: the longest-idle worker goes first."""
+    ran_on: list[int] = []
+
+    async def job() -> None:
+        worker = running_worker.get()
+        assert worker is not None
+        ran_on.append(worker.index)
+
+    async with asyncpool.Dispatcher(workers=3) as dispatcher:
+        await _all_idle(dispatcher)
+        for _ in range(6):
+            # One job at a time: the worker that ran the last one is now the
+            # most recently idle, so the next job goes to another one.
+            await asyncio.wait_for(await dispatcher.submit(job), 10)
+            await _all_idle(dispatcher)
+    assert ran_on[:3] == ran_on[3:]
+    assert sorted(ran_on[:3]) == [0, 1, 2]
+
+
+async def test_a_job_submitted_to_an_idle_worker_is_not_overtaken_by_a_higher_priority() -> None:
+    """Priority orders waiting jobs; a job submitted while a worker is idle does not wait."""
+    order: list[str] = []
+
+    async def record(name: str) -> None:
+        order.append(name)
+
+    async with asyncpool.Dispatcher(workers=1) as dispatcher:
+        await _all_idle(dispatcher)
+        dispatcher.submit_nowait(record, "first", priority=0)  # straight to the idle worker
+        dispatcher.submit_nowait(record, "low", priority=-1)
+        dispatcher.submit_nowait(record, "urgent", priority=5)
+    assert order == ["first", "urgent", "low"]

@@ -181,9 +181,8 @@ async def test_jobs_taken_back_by_a_shrink_keep_their_order() -> None:
         await gate.started.wait()  # one worker busy, two idle
         first = d.submit_nowait(record, "first")
         second = d.submit_nowait(record, "second")
-        # One turn: the dispatcher loop hands both jobs to the idle workers'
-        # inboxes, and the workers have not run yet.
-        await asyncio.sleep(0)
+        # submit_nowait handed both jobs to the idle workers' inboxes, and
+        # the workers have not run yet.
         assert d._idle_count == 0
         assert d.stats().queued == 2
         d.resize(1)  # both workers leave; their jobs go back to the queue
