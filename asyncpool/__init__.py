@@ -1,8 +1,9 @@
 """asyncpool: an asyncio-native worker pool and job dispatcher.
 
 Coroutine workers pull jobs from their own inboxes, registered in an
-idle-worker queue; one dispatcher loop routes jobs from a bounded queue to
-them; an `asyncio.TaskGroup` owns every task. See `Dispatcher`.
+idle-worker queue; one routing rule, applied by `submit`, by freed workers
+and by a dispatcher loop, hands jobs from a bounded queue to them; an
+`asyncio.TaskGroup` owns every task. See `Dispatcher`.
 """
 
 from ._dispatcher import Dispatcher

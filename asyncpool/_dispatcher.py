@@ -138,6 +138,14 @@ def _by_id(handle: JobHandle[Any]) -> int:
     return handle.id
 
 
+def _newest_held_first(worker: Worker) -> float:
+    """Sort key for workers holding an unstarted job: a cancelled one first, then the newest."""
+    handle = worker.inbox._queue[0]
+    if handle is None or handle._job_state is not _QUEUED:
+        return -math.inf
+    return -handle.id
+
+
 def _name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
@@ -817,17 +825,17 @@ class Dispatcher:
                 leaving -= 1
             # Next, workers that were handed a job they have not started yet:
             # starting it would exceed the new size, so it goes back to the
-            # front of the queue and the worker leaves.
+            # front of the queue and the worker leaves. The workers holding
+            # the newest jobs leave, so that no job starts before an older one.
+            holders = [w for w in self._workers if w.current is None and not w.inbox.empty()]
+            holders.sort(key=_newest_held_first)
             taken_back = []
-            for worker in list(self._workers):
-                if not leaving:
-                    break
-                if worker.current is None and not worker.inbox.empty():
-                    handle = worker.inbox.get_nowait()
-                    if handle is not None and handle._job_state is _QUEUED:
-                        taken_back.append(handle)
-                    self._retire(worker.inbox)
-                    leaving -= 1
+            for worker in holders[:leaving]:
+                handle = worker.inbox.get_nowait()
+                if handle is not None and handle._job_state is _QUEUED:
+                    taken_back.append(handle)
+                self._retire(worker.inbox)
+                leaving -= 1
             # The newest first: each goes to the front, so the oldest ends up at the head.
             for handle in sorted(taken_back, key=_by_id, reverse=True):
                 self._put_back(handle)

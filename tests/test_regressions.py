@@ -193,3 +193,28 @@ async def test_jobs_taken_back_by_a_shrink_keep_their_order() -> None:
     assert first.started_at is not None
     assert second.started_at is not None
     assert first.started_at <= second.started_at
+
+
+async def test_a_shrink_takes_back_the_newest_jobs_handed_to_idle_workers() -> None:
+    """resize() takes back the newest unstarted jobs: none starts before an older one."""
+    order: list[str] = []
+
+    async def record(name: str) -> None:
+        order.append(name)
+
+    async with Dispatcher(workers=2) as d:
+        for _ in range(100):
+            if d._idle_count == 2:
+                break
+            await asyncio.sleep(0)
+        assert d._idle_count == 2
+        first = d.submit_nowait(record, "first")  # to the longest-idle worker
+        second = d.submit_nowait(record, "second")  # to the other one
+        assert d._idle_count == 0
+        d.resize(1)  # one of them leaves: the one holding the newer job
+        await asyncio.wait_for(asyncio.gather(first, second), 10)
+        check_stats(d)
+    assert order == ["first", "second"]
+    assert first.started_at is not None
+    assert second.started_at is not None
+    assert first.started_at <= second.started_at
