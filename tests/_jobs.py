@@ -53,6 +53,15 @@ def check_stats(dispatcher: asyncpool.Dispatcher) -> asyncpool.Stats:
     return s
 
 
+async def all_idle(dispatcher: asyncpool.Dispatcher) -> None:
+    """Wait (a bounded number of loop turns) until every worker has registered as idle."""
+    for _ in range(100):
+        if dispatcher._idle_count == dispatcher.workers:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never all idle: {dispatcher._idle_count} of {dispatcher.workers}")
+
+
 def state_of(handle: asyncpool.JobHandle[object]) -> asyncpool.JobState:
     """Read a handle's state afresh (mypy would keep an earlier narrowing of `handle.state`)."""
     return handle.state

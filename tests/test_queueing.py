@@ -8,7 +8,7 @@ import pytest
 
 import asyncpool
 from asyncpool._worker import running_worker
-from tests._jobs import Gate, check_stats
+from tests._jobs import Gate, all_idle, check_stats
 
 
 async def test_backpressure_fourth_submit_waits_for_room() -> None:
@@ -150,15 +150,6 @@ async def test_concurrent_joins_each_wait_for_their_own_snapshot() -> None:
         await second
 
 
-async def _all_idle(dispatcher: asyncpool.Dispatcher) -> None:
-    """Wait (a bounded number of loop turns) until every worker has registered as idle."""
-    for _ in range(100):
-        if dispatcher._idle_count == dispatcher.workers:
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"workers never all idle: {dispatcher._idle_count}")
-
-
 @pytest.mark.parametrize("method", ["submit", "submit_nowait"])
 async def test_a_job_submitted_while_a_worker_is_idle_starts_at_the_next_loop_turn(
     method: str,
@@ -170,7 +161,7 @@ async def test_a_job_submitted_while_a_worker_is_idle_starts_at_the_next_loop_tu
         started.set()
 
     async with asyncpool.Dispatcher(workers=2) as dispatcher:
-        await _all_idle(dispatcher)
+        await all_idle(dispatcher)
         if method == "submit":
             handle = await dispatcher.submit(job)
         else:
@@ -194,12 +185,12 @@ async def test_submit_hands_each_job_to_the_longest_idle_worker() -> None:
         ran_on.append(worker.index)
 
     async with asyncpool.Dispatcher(workers=3) as dispatcher:
-        await _all_idle(dispatcher)
+        await all_idle(dispatcher)
         for _ in range(6):
             # One job at a time: the worker that ran the last one is now the
             # most recently idle, so the next job goes to another one.
             await asyncio.wait_for(await dispatcher.submit(job), 10)
-            await _all_idle(dispatcher)
+            await all_idle(dispatcher)
     assert ran_on[:3] == ran_on[3:]
     assert sorted(ran_on[:3]) == [0, 1, 2]
 
@@ -212,7 +203,7 @@ async def test_a_job_submitted_to_an_idle_worker_is_not_overtaken_by_a_higher_pr
         order.append(name)
 
     async with asyncpool.Dispatcher(workers=1) as dispatcher:
-        await _all_idle(dispatcher)
+        await all_idle(dispatcher)
         dispatcher.submit_nowait(record, "first", priority=0)  # straight to the idle worker
         dispatcher.submit_nowait(record, "low", priority=-1)
         dispatcher.submit_nowait(record, "urgent", priority=5)

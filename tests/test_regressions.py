@@ -12,7 +12,7 @@ import pytest
 import asyncpool
 from asyncpool import Dispatcher
 
-from ._jobs import Gate, check_stats
+from ._jobs import Gate, all_idle, check_stats
 
 
 async def test_priority_job_released_by_its_key_is_not_stranded() -> None:
@@ -203,11 +203,7 @@ async def test_a_shrink_takes_back_the_newest_jobs_handed_to_idle_workers() -> N
         order.append(name)
 
     async with Dispatcher(workers=2) as d:
-        for _ in range(100):
-            if d._idle_count == 2:
-                break
-            await asyncio.sleep(0)
-        assert d._idle_count == 2
+        await all_idle(d)
         first = d.submit_nowait(record, "first")  # to the longest-idle worker
         second = d.submit_nowait(record, "second")  # to the other one
         assert d._idle_count == 0
