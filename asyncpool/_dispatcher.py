@@ -47,7 +47,16 @@ import anyio
 
 from ._errors import DispatcherClosed, QueueFull
 from ._handle import JobHandle
-from ._job import CORO_OBJECT, IN_PROCESS, IN_THREAD, ON_LOOP, OPTIONED, JobState, classify
+from ._job import (
+    CORO_OBJECT,
+    IN_PROCESS,
+    IN_THREAD,
+    JOB_ON_LOOP,
+    ON_LOOP,
+    OPTIONED,
+    JobState,
+    classify,
+)
 from ._map import map_results
 from ._options import (
     RESERVED_OPTIONS,
@@ -1118,7 +1127,9 @@ class Dispatcher:
 
         * a `Job`: an object with a `process()` method, async or sync (a
           function or method is called, even if it has an attribute named
-          `process`);
+          `process`). `submit` looks `process` up to decide where it runs,
+          and an async one may be looked up again when the job starts, so
+          do not replace a Job's `process` after submitting it;
         * a coroutine function and its arguments: `submit(fetch, url, retries=3)`;
         * a sync callable and its arguments: it runs in a worker thread;
         * a coroutine object: `submit(fetch(url))`. It runs once.
@@ -1329,7 +1340,7 @@ class Dispatcher:
             # class's async method, it runs on the loop like last time.
             process = getattr(target, "process", None)  # an instance may lack it
             if getattr(process, "__func__", None) is known:
-                return ON_LOOP, process, None
+                return JOB_ON_LOOP, target, None  # the Job, not `process`: no bound method kept
         if (
             type(target) is FunctionType
             and target.__code__.co_flags & _CO_COROUTINE
@@ -2002,7 +2013,7 @@ class Dispatcher:
             "%s: job %d (%s) failed (try %d of %d), retrying in %.3g s: %r",
             self._label(),
             handle.id,
-            _name(handle._fn),
+            _name(handle.fn),
             handle._attempts,
             policy.attempts,
             delay,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._job import OPTIONED, JobState
+from ._job import JOB_ON_LOOP, OPTIONED, JobState
 
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher
@@ -114,7 +114,11 @@ class JobHandle(asyncio.Future[T], Generic[T]):
         a `ShutdownReport`: `dispatcher.submit(handle.fn, *handle.args,
         **handle.kwargs)` (a coroutine object cannot be run twice).
         """
-        return self._fn
+        fn = self._fn
+        if self._how == JOB_ON_LOOP:
+            # The handle keeps the Job itself (see `Dispatcher.submit`).
+            return getattr(fn, "process", fn)
+        return fn
 
     @property
     def args(self) -> tuple[Any, ...]:
@@ -199,6 +203,6 @@ class JobHandle(asyncio.Future[T], Generic[T]):
         raise RuntimeError("JobHandle outcomes are set by the dispatcher, not by callers")
 
     def __repr__(self) -> str:
-        fn = self._fn
+        fn = self.fn
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
         return f"<JobHandle id={self.id} {self._job_state.name} {name}>"

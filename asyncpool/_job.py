@@ -93,7 +93,11 @@ CORO_OBJECT = 2
 """`fn` is a coroutine object; the worker awaits it once."""
 IN_PROCESS = 3
 """`fn(*args, **kwargs)` is blocking and runs in a worker process (`sync_in="process"`)."""
-OPTIONED = 4
+JOB_ON_LOOP = 4
+"""`fn` is a Job whose `process()` is an async method: the worker awaits
+`fn.process()`. Keeping the Job rather than its bound method saves an object
+per job that the garbage collector would have to walk."""
+OPTIONED = 5
 """Added to one of the above when the job has per-job options (`JobHandle._opts`):
 a single comparison (`how >= OPTIONED`) keeps plain jobs on the fast path."""
 

@@ -22,7 +22,7 @@ import anyio.to_thread
 
 from ._errors import JobTimeout
 from ._handle import JobHandle
-from ._job import CORO_OBJECT, IN_PROCESS, IN_THREAD, ON_LOOP, OPTIONED, JobState
+from ._job import CORO_OBJECT, IN_PROCESS, IN_THREAD, JOB_ON_LOOP, ON_LOOP, OPTIONED, JobState
 
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher
@@ -152,6 +152,8 @@ class Worker:
                             result = await handle._fn(*handle._args, **kwargs)
                         else:
                             result = await handle._fn(*handle._args)
+                    elif how == JOB_ON_LOOP:
+                        result = await handle._fn.process()
                     elif how == CORO_OBJECT:
                         result = await handle._fn
                     elif how == IN_THREAD:
@@ -233,6 +235,8 @@ class Worker:
     async def _call(self, handle: JobHandle[Any], how: int) -> Any:
         if how == ON_LOOP:
             return await handle._fn(*handle._args, **(handle._kwargs or {}))
+        if how == JOB_ON_LOOP:
+            return await handle._fn.process()
         if how == CORO_OBJECT:
             return await handle._fn
         if how == IN_THREAD:

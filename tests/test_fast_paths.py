@@ -12,15 +12,17 @@ way it now asks to be (in a thread, or as the new function).
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import uvloop
 
-from asyncpool import Dispatcher, DispatcherClosed, JobHandle, Retry
+from asyncpool import Dispatcher, DispatcherClosed, JobHandle, JobTimeout, Retry
 from asyncpool._worker import LeanQueue
 
 from ._jobs import Gate, check_stats
@@ -440,3 +442,50 @@ async def test_a_job_taken_right_after_another_starts_when_that_one_ended(
         assert after.queued_at <= after.started_at <= after.finished_at  # type: ignore[operator]
         if before.exception() is None:
             assert before.result() == "slow"
+
+
+@nowait_param
+async def test_a_remembered_job_class_keeps_the_job_not_a_bound_method(nowait: bool) -> None:
+    """A Job of a known class is kept as itself: no bound method per job for the collector.
+
+    What the handle shows is unchanged: `fn` is the Job's bound `process`,
+    `args` is empty, the repr names the method, and `fn` submits it again.
+    """
+    async with Dispatcher(workers=2) as d:
+        await remember(d)
+        job = Square(7)
+        gate = Gate()  # keeps both workers busy, so the handle is inspected before the job runs
+        other = Gate()
+        held = [await submit_with(d, nowait, g) for g in (gate, other)]
+        await gate.started.wait()
+        await other.started.wait()
+        handle = await submit_with(d, nowait, job)
+        referents = gc.get_referents(handle)
+        assert job in referents
+        assert not [r for r in referents if isinstance(r, types.MethodType)]
+        assert handle.fn == job.process
+        assert handle.args == ()
+        assert handle.kwargs == {}
+        assert "Square.process" in repr(handle)
+        gate.release()
+        other.release()
+        assert await asyncio.wait_for(handle, 10) == 49
+        await asyncio.gather(*held)
+        again = await submit_with(d, nowait, handle.fn, *handle.args, **handle.kwargs)
+        assert await asyncio.wait_for(again, 10) == 49
+        check_stats(d)
+
+
+async def test_a_remembered_job_class_with_a_timeout_still_times_out() -> None:
+    """Options send a Job of a known class down the general path, where its timeout holds."""
+
+    class Slow:
+        async def process(self) -> None:
+            await asyncio.sleep(3600)
+
+    async with Dispatcher(workers=1) as d:
+        for _ in range(2):
+            d.submit_nowait(Slow()).cancel()
+        handle = d.submit_nowait(Slow(), timeout=0.01)
+        with pytest.raises(JobTimeout, match=r"Slow\.process"):
+            await asyncio.wait_for(handle, 10)
