@@ -203,6 +203,9 @@ class JobHandle(asyncio.Future[T], Generic[T]):
         raise RuntimeError("JobHandle outcomes are set by the dispatcher, not by callers")
 
     def __repr__(self) -> str:
-        fn = self.fn
-        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        fn = self._fn
+        if self._how == JOB_ON_LOOP:
+            name = f"{type(fn).__qualname__}.process"  # no lookup on the Job: repr never raises
+        else:
+            name = getattr(fn, "__qualname__", None) or type(fn).__name__
         return f"<JobHandle id={self.id} {self._job_state.name} {name}>"

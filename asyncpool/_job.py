@@ -98,8 +98,9 @@ JOB_ON_LOOP = 4
 `fn.process()`. Keeping the Job rather than its bound method saves an object
 per job that the garbage collector would have to walk."""
 OPTIONED = 5
-"""Added to one of the above when the job has per-job options (`JobHandle._opts`):
-a single comparison (`how >= OPTIONED`) keeps plain jobs on the fast path."""
+"""Added to one of `ON_LOOP`, `IN_THREAD`, `CORO_OBJECT` and `IN_PROCESS` when the
+job has per-job options (`JobHandle._opts`): a single comparison
+(`how >= OPTIONED`) keeps plain jobs on the fast path."""
 
 
 def _is_async_callable(fn: object) -> bool:

@@ -228,14 +228,14 @@ class Worker:
                 raise  # the job's own TimeoutError
             self.dispatcher._timed_out += 1
             raise JobTimeout(
-                f"job {handle.id} ({_name(handle._fn)}) ran longer than its timeout of "
+                f"job {handle.id} ({_name(handle.fn)}) ran longer than its timeout of "
                 f"{timeout:g} s and was cancelled (try {handle.attempts})"
             ) from exc
 
     async def _call(self, handle: JobHandle[Any], how: int) -> Any:
         if how == ON_LOOP:
             return await handle._fn(*handle._args, **(handle._kwargs or {}))
-        if how == JOB_ON_LOOP:
+        if how == JOB_ON_LOOP:  # not made with options today; kept so it never runs elsewhere
             return await handle._fn.process()
         if how == CORO_OBJECT:
             return await handle._fn

@@ -489,3 +489,35 @@ async def test_a_remembered_job_class_with_a_timeout_still_times_out() -> None:
         handle = d.submit_nowait(Slow(), timeout=0.01)
         with pytest.raises(JobTimeout, match=r"Slow\.process"):
             await asyncio.wait_for(handle, 10)
+
+
+async def test_repr_of_a_kept_job_looks_nothing_up_on_it() -> None:
+    """A handle that keeps a Job names it by class: its repr works even if `process` now raises."""
+
+    class Flaky:
+        broken = False
+
+        async def work(self) -> int:
+            return 1
+
+        @property
+        def process(self) -> Callable[[], Any]:
+            if self.broken:
+                raise RuntimeError("process is broken")
+            return self.work
+
+    async with Dispatcher(workers=1) as d:
+        for _ in range(2):
+            assert await (await d.submit(Flaky())) == 1  # the class is remembered
+        gate = Gate()
+        held = d.submit_nowait(gate)
+        await gate.started.wait()
+        job = Flaky()
+        handle = d.submit_nowait(job)  # waits in the queue behind the gate
+        job.broken = True
+        assert "Flaky.process" in repr(handle)
+        gate.release()
+        await held
+        with pytest.raises(RuntimeError, match="process is broken"):
+            await asyncio.wait_for(handle, 10)  # looked up when it starts: the job fails
+        check_stats(d)
