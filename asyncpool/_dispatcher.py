@@ -67,6 +67,7 @@ from ._options import (
 )
 from ._retry import Retry
 from ._stats import WINDOW, ShutdownReport, Stats, latency
+from ._testing import Internals
 from ._worker import Inbox, LeanQueue, Worker, running_worker, wait_through_cancellation
 
 __all__ = ("RESERVED_OPTIONS", "Dispatcher")
@@ -463,6 +464,24 @@ class Dispatcher:
             timed_out=self._timed_out,
             queue_wait=latency(self._wait_samples, self._sample_count),
             run_time=latency(self._run_samples, self._sample_count),
+        )
+
+    def _internals(self) -> Internals:
+        """The snapshot behind `asyncpool._testing.internals` (for tests only)."""
+        return Internals(
+            runner=self._runner,
+            worker_tasks=tuple(w.task for w in self._workers),
+            idle_workers=self._idle_count,
+            retiring=self._retiring,
+            queue_entries=len(self._job_queue) + len(self._priority_heap),
+            dead_entries=self._dead,
+            backlog=self._backlog,
+            waiting_submitters=len(self._putters),
+            reserved_places=self._reserved,
+            held_keys=len(self._keys),
+            remembered_job_classes=len(self._job_classes),
+            rate_timer_pending=self._rate_timer is not None,
+            thread_limit=None if self._thread_limiter is None else self._thread_limiter.total_tokens,
         )
 
     def __repr__(self) -> str:
