@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest docs bench bench-instructions bench-peers soak stress load clean
+.PHONY: signatures demo test lint typecheck pytest docs bench bench-instructions bench-peers soak stress load clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,8 @@ test: lint typecheck docs pytest
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/python tools/generate_signatures.py --check
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -64,13 +66,17 @@ soak: $(STAMP)
 STRESS_N ?= 2
 stress: $(STAMP)
 	ASYNCPOOL_STRESS=1 $(BIN)/python -m pytest -p randomly --count=$(STRESS_N) -x \
-		tests/test_state_machine.py tests/test_races.py $(PYTEST_ARGS)
+		tests/reliability/test_state_machine.py tests/reliability/test_races.py $(PYTEST_ARGS)
 
 # Memory and correctness under load (benchmarks/load.py): a million jobs, an
 # endless map(), 10,000 sleepers, keyed jobs with retries; fails on a wrong
 # count or order, or on memory that grows. ARGS="--loop uvloop --scale 0.1".
 load: $(STAMP)
 	$(BIN)/python benchmarks/load.py $(ARGS)
+
+# Rewrite asyncpool/_signatures.py (the typed overloads) from tools/generate_signatures.py.
+signatures: $(STAMP)
+	$(BIN)/python tools/generate_signatures.py
 
 clean:
 	rm -rf $(VENV) docs/_build .mypy_cache .pytest_cache .ruff_cache

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._job import JOB_ON_LOOP, OPTIONED, JobState
+from ._job import JOB_ON_LOOP, JobState
 
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher
     from ._options import JobOptions
+    from ._ports import HandleOwner
 
 __all__ = ("JobHandle",)
 
@@ -35,18 +36,21 @@ class JobHandle(asyncio.Future[T], Generic[T]):
             2, 3, ... in submission order.
     """
 
-    # Slots keep the per-job cost down: a handle is made for every job.
+    # Slots keep the per-job cost down: a handle is made for every job. The
+    # core sets them (asyncpool/_core.py); each is set before it is read in
+    # the states where it is read (`_started_at` from the first start on, or
+    # when the job is cancelled unstarted), so no fact is encoded by whether
+    # a slot is set: the state says which slots mean something.
     __slots__ = (
-        "_dispatcher",
+        "_owner",
         "_job_state",
-        "_how",
+        "_mode",
         "_fn",
         "_args",
         "_kwargs",
         "_worker_task",
         "_cancel_requested",
         "_handed_over",
-        "_attempts",
         "_queued_at",
         "_started_at",
         "_finished_at",
@@ -54,20 +58,19 @@ class JobHandle(asyncio.Future[T], Generic[T]):
         "id",
     )
 
-    _dispatcher: Dispatcher
+    _owner: HandleOwner
     _job_state: JobState
-    _how: int
+    _mode: int  # a run mode of asyncpool._job
     _fn: Any
     _args: tuple[Any, ...]
     _kwargs: dict[str, Any] | None
-    _worker_task: asyncio.Task[Any] | None
-    _cancel_requested: bool
-    _handed_over: bool
-    _attempts: int
+    _worker_task: asyncio.Task[Any] | None  # set when a try starts
+    _cancel_requested: bool  # set when a try starts
+    _handed_over: bool  # in a worker's inbox, not started yet
     _queued_at: float
-    _started_at: float
-    _finished_at: float
-    _opts: JobOptions  # set only when `_how >= OPTIONED`
+    _started_at: float | None  # the latest try's start (None once cancelled unstarted)
+    _finished_at: float  # set on reaching a final state
+    _opts: JobOptions | None  # None for a job without per-job options
     id: int
 
     @property
@@ -79,10 +82,12 @@ class JobHandle(asyncio.Future[T], Generic[T]):
     def attempts(self) -> int:
         """How many times the job has been started: 0 before its first try, then 1,
         and one more for each retry."""
-        try:
-            return self._attempts  # set for jobs with options, which count their tries
-        except AttributeError:  # a job without options runs once
-            return 1 if hasattr(self, "_started_at") else 0
+        opts = self._opts
+        if opts is not None:
+            return opts.tries  # jobs with options may be retried: they count their tries
+        if self._job_state is JobState.QUEUED:
+            return 0
+        return 0 if self._started_at is None else 1  # a job without options runs once
 
     @property
     def queued_at(self) -> float:
@@ -92,18 +97,12 @@ class JobHandle(asyncio.Future[T], Generic[T]):
     @property
     def started_at(self) -> float | None:
         """When a worker started the job (its latest try), on the loop's clock; None before that."""
-        try:
-            return self._started_at
-        except AttributeError:
-            return None
+        return self._started_at if self.attempts else None
 
     @property
     def finished_at(self) -> float | None:
         """When the job reached a final state, on the loop's clock; None before that."""
-        try:
-            return self._finished_at
-        except AttributeError:
-            return None
+        return self._finished_at if self._job_state.is_final else None
 
     @property
     def fn(self) -> Any:
@@ -115,7 +114,7 @@ class JobHandle(asyncio.Future[T], Generic[T]):
         **handle.kwargs)` (a coroutine object cannot be run twice).
         """
         fn = self._fn
-        if self._how == JOB_ON_LOOP:
+        if self._mode == JOB_ON_LOOP:
             # The handle keeps the Job itself (see `Dispatcher.submit`).
             return getattr(fn, "process", fn)
         return fn
@@ -136,29 +135,31 @@ class JobHandle(asyncio.Future[T], Generic[T]):
 
         Only those that are set (a dispatcher's default counts), so that
         `submit(handle.fn, *handle.args, **handle.kwargs, **handle.options)`
-        submits the same job again. Empty for a job without options.
+        submits the same job again. A default the job turned off shows as
+        `timeout: None` or `retry: None`, so that it stays off. Empty for a
+        job without options.
         """
-        if self._how < OPTIONED:
-            return {}
         opts = self._opts
-        found = {
-            "timeout": opts.timeout,
-            "retry": opts.retry,
-            "priority": opts.priority or None,
-            "key": opts.key,
-        }
-        return {name: value for name, value in found.items() if value is not None}
+        if opts is None:
+            return {}
+        found: dict[str, Any] = {}
+        if opts.timeout is not None or opts.timeout_off:
+            found["timeout"] = opts.timeout
+        if opts.retry is not None or opts.retry_off:
+            found["retry"] = opts.retry
+        if opts.priority:
+            found["priority"] = opts.priority
+        if opts.key is not None:
+            found["key"] = opts.key
+        return found
 
     def _was_handed_over(self) -> bool:
-        try:
-            return self._handed_over
-        except AttributeError:
-            return False
+        return self._handed_over
 
     @property
     def dispatcher(self) -> Dispatcher:
         """The dispatcher that owns this job."""
-        return self._dispatcher
+        return self._owner.dispatcher
 
     def cancel(self, msg: Any | None = None) -> bool:
         """Cancel the job.
@@ -176,13 +177,14 @@ class JobHandle(asyncio.Future[T], Generic[T]):
         """
         if self.done():
             return False
-        task: asyncio.Task[Any] | None = getattr(self, "_worker_task", None)
-        if task is None:
-            # Not started yet: remove it from the queue (lazily) and finish now.
-            self._dispatcher._cancel_queued(self, msg)
+        if self._job_state is JobState.QUEUED:
+            # Not started yet (or waiting to be retried): it never runs.
+            self._owner.cancel_queued(self, msg)
             return True
         if not self._cancel_requested:
             self._cancel_requested = True
+            task = self._worker_task
+            assert task is not None  # a running job has its worker's task
             task.cancel(msg)
         return True
 
@@ -204,7 +206,7 @@ class JobHandle(asyncio.Future[T], Generic[T]):
 
     def __repr__(self) -> str:
         fn = self._fn
-        if self._how == JOB_ON_LOOP:
+        if self._mode == JOB_ON_LOOP:
             name = f"{type(fn).__qualname__}.process"  # no lookup on the Job: repr never raises
         else:
             name = getattr(fn, "__qualname__", None) or type(fn).__name__

@@ -22,12 +22,10 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from ._handle import JobHandle
-
-if TYPE_CHECKING:
-    from ._dispatcher import Dispatcher
+from ._ports import MapHost
 
 __all__ = ("as_completed", "map_results")
 
@@ -37,7 +35,7 @@ _END: Final = object()  # what next()/anext() return once the input is exhausted
 
 
 def map_results(
-    dispatcher: Dispatcher,
+    dispatcher: MapHost,
     fn: Callable[[Any], Any],
     iterable: Iterable[Any] | AsyncIterable[Any],
     *,
@@ -81,7 +79,7 @@ def map_results(
 
 
 async def _map(
-    dispatcher: Dispatcher,
+    dispatcher: MapHost,
     fn: Callable[[Any], Any],
     iterable: Iterable[Any] | AsyncIterable[Any],
     ordered: bool,
@@ -144,7 +142,7 @@ def _take(handle: JobHandle[Any], return_exceptions: bool) -> Any:
     return handle.result() if exc is None else exc
 
 
-async def _abandon(dispatcher: Dispatcher, handles: list[JobHandle[Any]]) -> None:
+async def _abandon(dispatcher: MapHost, handles: list[JobHandle[Any]]) -> None:
     """Cancel the jobs whose results nobody will take, and wait until all have ended.
 
     A failure among them (a job that failed before or while being cancelled)
@@ -166,15 +164,27 @@ async def _abandon(dispatcher: Dispatcher, handles: list[JobHandle[Any]]) -> Non
             cancelled = again
         pending = [handle for handle in pending if not handle.done()]
     for handle in handles:
-        # _log_traceback is asyncio's own "failed and nobody has looked":
-        # False for a result, a cancellation, and a failure that already
-        # went somewhere (fail_fast's ExceptionGroup, a fatal error).
-        if handle._log_traceback:
-            exc = handle.exception()  # marks it retrieved: reported once, here
-            if exc is not None:
-                dispatcher._report(handle, exc)
+        _report_if_unseen(handle, dispatcher)
     if cancelled is not None:
         raise cancelled
+
+
+def _report_if_unseen(handle: asyncio.Future[Any], host: MapHost | None = None) -> None:
+    """Report a failure nobody looked at, through its dispatcher (once).
+
+    `_log_traceback` is asyncio's own "failed and nobody has looked": False
+    for a result, a cancellation, a failure already retrieved, and one that
+    already went somewhere (fail_fast's ExceptionGroup, a fatal error).
+    """
+    if not isinstance(handle, JobHandle):
+        return  # not a job (as_completed takes any future): asyncio reports it as always
+    if not handle._log_traceback:
+        return
+    if host is None:
+        host = handle.dispatcher
+    exc = handle.exception()  # marks it retrieved: reported once, here
+    if exc is not None:
+        host._report(handle, exc)
 
 
 class _InOrder:
@@ -258,9 +268,15 @@ class _Completions(Generic[T]):
         return list(self._handles)
 
     def detach(self) -> None:
-        """Remove the done callbacks from the handles not taken yet."""
+        """Remove the done callbacks from the handles not taken yet.
+
+        A handle that already failed and was never taken is reported now: the
+        callback kept the dispatcher from reporting it when it failed.
+        """
         for handle in self._handles:
             handle.remove_done_callback(self._on_done)
+        for handle in self._finished:
+            _report_if_unseen(handle)
 
 
 def as_completed(handles: Iterable[JobHandle[T]]) -> AsyncGenerator[JobHandle[T], None]:
@@ -278,6 +294,12 @@ def as_completed(handles: Iterable[JobHandle[T]]) -> AsyncGenerator[JobHandle[T]
     finalizes the abandoned generator after a `break`. A failure of a job
     still running then goes to the dispatcher's `on_error` (or the log), as
     for any handle nobody waits for.
+
+    A failed handle it yielded is yours to look at (`exception()`,
+    `result()`, or awaiting it). If you move on without looking, the
+    failure is reported through its dispatcher (`on_error`, or the log) when
+    you take the next handle or stop, as for any failure nobody sees; so is
+    a failure that finished but was never yielded because you stopped early.
 
     ```python
     handles = [await dispatcher.submit(fetch, url) for url in urls]
@@ -319,6 +341,13 @@ async def _as_completed(handles: list[JobHandle[T]]) -> AsyncGenerator[JobHandle
         completions.add(handle)
     try:
         while completions:
-            yield await completions.next_done()
+            handle = await completions.next_done()
+            try:
+                yield handle
+            finally:
+                # The consumer is back (or gone): a failure it never looked at
+                # must not vanish.
+                _report_if_unseen(handle)
+                del handle
     finally:
         completions.detach()

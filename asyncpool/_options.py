@@ -1,18 +1,21 @@
 """Per-job options (`timeout`, `retry`, `priority`, `key`): checking them, and where they live.
 
-A job submitted without options carries none: its handle has no `_opts`
-slot set, and its `_how` code stays below `OPTIONED`, so the hot path pays a
-single comparison for the whole feature.
+A job submitted without options carries none (its handle's `_opts` is
+None), so the hot path pays a single test for the whole feature. A job with
+options carries a `JobOptions`: the options themselves, and the scheduling
+state they need.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Hashable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._retry import Retry
+
+if TYPE_CHECKING:
+    from ._ports import JobObserver
 
 __all__ = ("RESERVED_OPTIONS", "JobOptions", "check_timeout", "check_retry", "pop_options")
 
@@ -31,12 +34,21 @@ class JobOptions:
         "order",
         "parked",
         "holds_key",
-        "timer",
         "tries",
+        "observer",
+        "timeout_off",
+        "retry_off",
     )
 
     def __init__(
-        self, timeout: float | None, retry: Retry | None, priority: int, key: Hashable | None
+        self,
+        timeout: float | None,
+        retry: Retry | None,
+        priority: int,
+        key: Hashable | None,
+        *,
+        timeout_off: bool = False,
+        retry_off: bool = False,
     ) -> None:
         self.timeout = timeout
         self.retry = retry
@@ -49,10 +61,14 @@ class JobOptions:
         """Waiting behind a running job of the same key, outside the job queue."""
         self.holds_key = False
         """This job is the one of its key that may run (or is running)."""
-        self.timer: asyncio.TimerHandle | None = None
-        """Set while the job waits out a retry backoff."""
         self.tries = 0
         """How many times the job has started (`JobHandle.attempts`)."""
+        self.observer: JobObserver | None = None
+        """Told when each try starts (a job source's jobs; see `asyncpool.sources`)."""
+        self.timeout_off = timeout_off
+        """`timeout=None` was given to turn the dispatcher's default time limit off."""
+        self.retry_off = retry_off
+        """`retry=None` was given to turn the dispatcher's default retry policy off."""
 
 
 def check_timeout(timeout: object, *, zero_ok: bool = False) -> float | None:
@@ -106,6 +122,16 @@ def pop_options(
             raise TypeError(
                 f"key must be hashable (jobs of one key are found by it), got {key!r}"
             ) from exc
-    if timeout is None and retry is None and priority == 0 and key is None:
+    # A default turned off for this job is a fact `JobHandle.options` must
+    # keep, so that submitting the job again with them turns it off again.
+    timeout_off = timeout is None and default_timeout is not None
+    retry_off = retry is None and default_retry is not None
+    if (
+        timeout is None
+        and retry is None
+        and priority == 0
+        and key is None
+        and not (timeout_off or retry_off)
+    ):
         return None
-    return JobOptions(timeout, retry, priority, key)
+    return JobOptions(timeout, retry, priority, key, timeout_off=timeout_off, retry_off=retry_off)

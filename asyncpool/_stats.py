@@ -1,15 +1,17 @@
-"""`Stats`, a consistent snapshot of a dispatcher's counters, and `ShutdownReport`."""
+"""`Stats`, a snapshot of a dispatcher's counters; `ShutdownReport`, what a shutdown cancelled."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from ._handle import JobHandle
 
-__all__ = ("WINDOW", "Latency", "ShutdownReport", "Stats", "latency")
+__all__ = ("WINDOW", "Casualties", "Latency", "ShutdownReport", "Stats", "latency")
+
+J = TypeVar("J")
 
 WINDOW: int = 1024
 """How many recent samples the latency percentiles are taken over (a power of two)."""
@@ -140,3 +142,14 @@ class ShutdownReport:
             f"<ShutdownReport never_started={len(self.never_started)} "
             f"interrupted={len(self.interrupted)}{abandoned}>"
         )
+
+
+class Casualties(Generic[J]):
+    """The jobs a shutdown cancelled, gathered as it goes, for its `ShutdownReport`."""
+
+    __slots__ = ("never_started", "interrupted", "abandoned")
+
+    def __init__(self) -> None:
+        self.never_started: list[J] = []
+        self.interrupted: list[J] = []
+        self.abandoned: list[J] = []

@@ -41,9 +41,10 @@ from typing import Any, Final, ParamSpec, TypeVar, overload
 
 from aiohttp import web
 
-from ._dispatcher import Dispatcher, _AsyncProcess, _SyncProcess
+from ._dispatcher import Dispatcher
 from ._handle import JobHandle
 from ._integration import check_grace, log_shutdown
+from ._signatures import _AsyncProcess, _SyncProcess
 
 __all__ = ("DEFAULT_GRACE", "DISPATCHER_KEY", "get_dispatcher", "setup", "spawn")
 

@@ -1,4 +1,4 @@
-"""Run in a subprocess by test_failures.py: a job raises KeyboardInterrupt or SystemExit.
+"""Run in a subprocess by test_core.py: a job raises KeyboardInterrupt or SystemExit.
 
 A fatal exception escaping an event loop leaves the interpreter in a state
 that later tests should not inherit, so this runs in a process of its own.

@@ -40,6 +40,7 @@ def available(name: str) -> bool:
 @pytest.mark.parametrize("workload", ["W1", "W2", "W3", "W4"])
 @pytest.mark.parametrize("impl", [*ALWAYS, *MODULES])
 def test_every_implementation_runs_every_workload(workload: str, loop: str, impl: str) -> None:
+    """Every installed implementation completes every workload on both loops at a rate > 0."""
     if not available(impl):
         pytest.skip(f"{impl} is in the bench extra, not installed")
     n = 50 if workload == "W3" else 300
@@ -49,6 +50,7 @@ def test_every_implementation_runs_every_workload(workload: str, loop: str, impl
 
 @pytest.mark.parametrize("impl", list(impls.LATENCY))
 def test_latency_runs_and_gives_ordered_percentiles(impl: str) -> None:
+    """The latency workload gives percentiles with 0 < p50 <= p99."""
     if not available(impl):
         pytest.skip(f"{impl} is in the bench extra, not installed")
     result = peers.child("W5", "asyncio", 4, impl, 20)
@@ -71,12 +73,14 @@ async def repeating(work: impls.Workload, items: Sequence[Any], k: int) -> impls
 def test_a_run_that_loses_or_repeats_a_job_fails_loudly(
     monkeypatch: pytest.MonkeyPatch, broken: impls.Impl
 ) -> None:
+    """The harness exits with an error when a run lost or repeated a job."""
     monkeypatch.setitem(impls.IMPLS, "broken", broken)
     with pytest.raises(SystemExit, match="jobs were lost or repeated"):
         peers.child("W1", "asyncio", 4, "broken", 300)
 
 
 def test_throughput_measures_every_implementation() -> None:
+    """The throughput script measures a rate > 0 for every implementation."""
     for name, impl in throughput.IMPLEMENTATIONS.items():
         assert throughput.measure("asyncio", impl, 300, 4) > 0, name
 
@@ -84,4 +88,5 @@ def test_throughput_measures_every_implementation() -> None:
 @pytest.mark.parametrize("workload", ["W1", "W4"])
 @pytest.mark.parametrize("impl", ["floor", "asyncpool"])
 def test_instructions_child_runs_without_valgrind(workload: str, impl: str) -> None:
+    """The instruction-count child runs its workload without valgrind, losing no job."""
     instructions.child(impl, workload, "asyncio", 4, 1024, 300)  # raises if a job was lost

@@ -1,114 +1,51 @@
-"""Lifecycle: start, close (drain, cancel, timeout), async with, and what is left afterwards."""
+"""Lifecycle (asyncpool._lifecycle): start, async with, join and fail_fast.
+
+close() and what it leaves (drain, cancel, timeout, abandoned jobs, the
+shutdown report) are in test_lifecycle_close.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Callable
 
 import pytest
 
 import asyncpool
-from asyncpool import JobState
-from tests._jobs import Gate, check_stats
+from tests._jobs import Gate, check_stats, other_tasks
+
+# -------------------------------------------------------------------- start
 
 
-def other_tasks() -> set[asyncio.Task[object]]:
-    return asyncio.all_tasks() - {asyncio.current_task()}
+async def test_start_twice_is_an_error() -> None:
+    """start() on a running dispatcher raises instead of starting a second pool."""
+    async with asyncpool.Dispatcher() as dispatcher:
+        with pytest.raises(RuntimeError, match="already running"):
+            await dispatcher.start()
 
 
-async def test_close_drains_queued_and_running_jobs() -> None:
-    """close() lets every queued and running job finish, then no dispatcher task is left."""
-    before = other_tasks()
-    gates = [Gate(value=i) for i in range(6)]
+async def test_start_and_close_from_different_tasks() -> None:
+    """A framework may start the dispatcher in one task and close it in another."""
     dispatcher = asyncpool.Dispatcher(workers=2)
-    await dispatcher.start()
-    assert len(other_tasks() - before) == 4  # runner, loop, two workers
-    handles = [await dispatcher.submit(g) for g in gates]
-    closing = asyncio.create_task(dispatcher.close())
+    await asyncio.create_task(dispatcher.start())
+    handle = await dispatcher.submit(asyncio.sleep, 0, 42)
+    await asyncio.create_task(dispatcher.close())
+    assert handle.result() == 42
+    assert dispatcher.closed
+
+
+# Regression: a cancelled start() left its runner running, and close() then raised.
+async def test_start_cancelled_leaves_a_clean_dispatcher() -> None:
+    """Cancelling start() stops the runner it began; close() then raises nothing."""
+    d = asyncpool.Dispatcher(workers=2)
+    starting = asyncio.create_task(d.start())
     await asyncio.sleep(0)
-    assert not dispatcher.running
-    with pytest.raises(asyncpool.DispatcherClosed, match="is closing"):
-        await dispatcher.submit(Gate())
-    for gate in gates:
-        gate.release()
-    await closing
-    assert [h.result() for h in handles] == list(range(6))
-    assert dispatcher.closed
-    assert other_tasks() == before
-
-
-async def test_close_cancel_cancels_queued_and_running_jobs_at_once() -> None:
-    """close(cancel=True): running jobs see CancelledError, queued ones never run."""
-    before = other_tasks()
-    running = [Gate(), Gate()]
-    queued = [Gate(), Gate(), Gate()]
-    dispatcher = asyncpool.Dispatcher(workers=2)
-    await dispatcher.start()
-    handles = [await dispatcher.submit(g) for g in running + queued]
-    for gate in running:
-        await gate.started.wait()
-    await dispatcher.close(cancel=True)
-    assert all(h.state is JobState.CANCELLED for h in handles)
-    assert all(h.cancelled() for h in handles)
-    assert [g.saw_cancel for g in running] == [True, True]
-    assert [g.runs for g in queued] == [0, 0, 0]
-    stats = check_stats(dispatcher)
-    assert (stats.cancelled, stats.busy, stats.queued) == (5, 0, 0)
-    assert other_tasks() == before
-
-
-async def test_close_timeout_cancels_what_is_left(fast_clock: None) -> None:
-    """close(timeout=5): a job that ends within 5 s succeeds, the rest is cancelled at 5 s."""
-    loop = asyncio.get_running_loop()
-    dispatcher = asyncpool.Dispatcher(workers=2)
-    await dispatcher.start()
-    quick = await dispatcher.submit(asyncio.sleep, 1, "quick")
-    slow = await dispatcher.submit(asyncio.sleep, 100, "slow")
-    started = loop.time()
-    await dispatcher.close(timeout=5)
-    assert loop.time() - started == pytest.approx(5)
-    assert quick.result() == "quick"
-    assert slow.cancelled()
-    assert slow.started_at is not None
-    assert slow.finished_at == pytest.approx(started + 5)
-
-
-async def test_close_timeout_zero_cancels_at_once() -> None:
-    """close(timeout=0) gives running jobs no time at all."""
-    gate = Gate()
-    dispatcher = asyncpool.Dispatcher(workers=1)
-    await dispatcher.start()
-    handle = await dispatcher.submit(gate)
-    await gate.started.wait()
-    await dispatcher.close(timeout=0)
-    assert handle.cancelled()
-    assert gate.saw_cancel
-
-
-async def test_close_twice_and_concurrently_is_harmless() -> None:
-    """Several close() calls, concurrent or repeated, all return once the dispatcher is closed."""
-    gate = Gate()
-    dispatcher = asyncpool.Dispatcher(workers=1)
-    await dispatcher.start()
-    handle = await dispatcher.submit(gate)
-    closers = [asyncio.create_task(dispatcher.close()) for _ in range(3)]
-    await asyncio.sleep(0)
-    assert not any(c.done() for c in closers)
-    gate.release()
-    await asyncio.gather(*closers)
-    await dispatcher.close()
-    await dispatcher.close(cancel=True)
-    assert handle.result() is None
-    assert dispatcher.closed
-
-
-async def test_close_never_started_dispatcher() -> None:
-    """Closing a dispatcher that never started just marks it closed."""
-    dispatcher = asyncpool.Dispatcher()
-    await dispatcher.close()
-    assert dispatcher.closed
-    with pytest.raises(asyncpool.DispatcherClosed, match="runs once"):
-        await dispatcher.start()
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    await d.close()
+    assert d.closed
 
 
 async def test_submit_before_start_and_after_close_says_which() -> None:
@@ -126,13 +63,6 @@ async def test_submit_before_start_and_after_close_says_which() -> None:
         await dispatcher.start()
 
 
-async def test_start_twice_is_an_error() -> None:
-    """start() on a running dispatcher raises instead of starting a second pool."""
-    async with asyncpool.Dispatcher() as dispatcher:
-        with pytest.raises(RuntimeError, match="already running"):
-            await dispatcher.start()
-
-
 async def test_submit_coroutine_object_refused_is_closed() -> None:
     """A coroutine object refused by submit is closed, so no 'never awaited' warning follows."""
     dispatcher = asyncpool.Dispatcher()
@@ -142,14 +72,7 @@ async def test_submit_coroutine_object_refused_is_closed() -> None:
     assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
 
 
-async def test_start_and_close_from_different_tasks() -> None:
-    """A framework may start the dispatcher in one task and close it in another."""
-    dispatcher = asyncpool.Dispatcher(workers=2)
-    await asyncio.create_task(dispatcher.start())
-    handle = await dispatcher.submit(asyncio.sleep, 0, 42)
-    await asyncio.create_task(dispatcher.close())
-    assert handle.result() == 42
-    assert dispatcher.closed
+# --------------------------------------------------------------- async with
 
 
 async def test_async_with_body_raising_cancels_jobs_and_reraises_unchanged() -> None:
@@ -214,112 +137,236 @@ async def test_async_with_exit_cancelled_during_join_cancels_jobs() -> None:
     assert handles[0].cancelled()
 
 
-async def test_close_caller_cancelled_cancels_remaining_jobs() -> None:
-    """Cancelling the task that waits in close() cancels the jobs it was draining."""
-    before = other_tasks()
-    gate = Gate()
-    dispatcher = asyncpool.Dispatcher(workers=1)
-    await dispatcher.start()
-    handle = await dispatcher.submit(gate)
-    await gate.started.wait()
-    closer = asyncio.create_task(dispatcher.close())
-    await asyncio.sleep(0)
-    closer.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await closer
-    # Even a cancelled close() leaves nothing behind.
-    assert gate.saw_cancel
-    assert handle.cancelled()
-    assert dispatcher.closed
-    assert other_tasks() == before
-    await dispatcher.close()  # harmless afterwards
+# --------------------------------------------------------------------- join
 
 
-async def test_repr_shows_state_and_load() -> None:
-    """The repr says the name, the lifecycle state and the load."""
-    gate = Gate()
-    dispatcher = asyncpool.Dispatcher(workers=2, name="images")
-    assert repr(dispatcher) == "<Dispatcher 'images' not started workers=2 busy=0 queued=0>"
-    async with dispatcher:
-        handle = await dispatcher.submit(gate)
-        await gate.started.wait()
-        await dispatcher.submit(asyncio.sleep, 0)
-        assert repr(dispatcher) == "<Dispatcher 'images' running workers=2 busy=1 queued=1>"
-        assert repr(handle) == "<JobHandle id=1 RUNNING Gate.process>"
-        gate.release()
-    assert repr(dispatcher) == "<Dispatcher 'images' closed workers=2 busy=0 queued=0>"
+async def test_join_waits_for_jobs_submitted_so_far_only() -> None:
+    """join() returns when earlier jobs finish, even while later ones still run."""
+    early = [Gate(value=i) for i in range(3)]
+    late = Gate(value="late")
+    async with asyncpool.Dispatcher(workers=4) as dispatcher:
+        handles = [await dispatcher.submit(g) for g in early]
+        joiner = asyncio.create_task(dispatcher.join())
+        await asyncio.sleep(0)  # join() takes its snapshot
+        late_handle = await dispatcher.submit(late)
+        for gate in early:
+            assert not joiner.done()
+            gate.release()
+            await asyncio.sleep(0)
+        await joiner
+        assert all(h.done() for h in handles)
+        assert not late_handle.done()
+        late.release()
+        # The dispatcher keeps accepting jobs after join().
+        assert await (await dispatcher.submit(asyncio.sleep, 0, "after")) == "after"
+        assert await late_handle == "late"
 
 
-async def test_close_report_lists_never_started_and_interrupted_jobs() -> None:
-    """close() returns what it cancelled: queued jobs never started, running ones interrupted."""
-    running, queued = Gate(), Gate()
-    d = asyncpool.Dispatcher(workers=1)
-    await d.start()
-    finished = await d.submit(asyncio.sleep, 0, "done")
-    await d.join()
-    first = await d.submit(running)
-    second = await d.submit(queued)
-    cancelled_by_caller = await d.submit(asyncio.sleep, 0)
-    cancelled_by_caller.cancel()
-    await running.started.wait()
-    report = await d.close(cancel=True)
-    assert report.never_started == (second,)
-    assert report.interrupted == (first,)
-    assert report.unfinished == (second, first)
-    assert len(report) == 2
-    assert repr(report) == "<ShutdownReport never_started=1 interrupted=1>"
-    assert d.shutdown_report is report
-    assert finished not in report.unfinished
-    assert await d.close() == report  # a second close reports the same
+async def test_join_counts_failed_and_cancelled_jobs_as_finished() -> None:
+    """join() does not wait forever for jobs that failed or were cancelled."""
+    fails, cancelled = Gate(), Gate()
+    async with asyncpool.Dispatcher(workers=2, on_error=lambda h, e: None) as dispatcher:
+        failing = await dispatcher.submit(fails)
+        to_cancel = await dispatcher.submit(cancelled)
+        await fails.started.wait()
+        await cancelled.started.wait()
+        joiner = asyncio.create_task(dispatcher.join())
+        await asyncio.sleep(0)
+        fails.fail(ValueError("boom"))
+        to_cancel.cancel()
+        await joiner
+        assert failing.state is asyncpool.JobState.FAILED
+        assert to_cancel.state is asyncpool.JobState.CANCELLED
 
 
-async def test_close_report_is_empty_when_everything_finished() -> None:
-    """A drained shutdown cancels nothing, and says so."""
-    async with asyncpool.Dispatcher(workers=2) as d:
-        reports = [d.shutdown_report]
+async def test_join_with_nothing_submitted_returns_at_once() -> None:
+    """join() on an idle dispatcher returns without waiting."""
+    async with asyncpool.Dispatcher(workers=2) as dispatcher:
+        await dispatcher.join()
+        assert check_stats(dispatcher).submitted == 0
+
+
+async def test_concurrent_joins_each_wait_for_their_own_snapshot() -> None:
+    """Two join() calls taken at different times each return when their jobs are done."""
+    a, b = Gate(), Gate()
+    async with asyncpool.Dispatcher(workers=2) as dispatcher:
+        await dispatcher.submit(a)
+        first = asyncio.create_task(dispatcher.join())
+        await asyncio.sleep(0)
+        await dispatcher.submit(b)
+        second = asyncio.create_task(dispatcher.join())
+        await asyncio.sleep(0)
+        a.release()
+        await first
+        assert not second.done()
+        b.release()
+        await second
+
+
+# Regression: a job awaiting join() or close() of its own dispatcher hung for ever.
+@pytest.mark.parametrize("method", ["join", "close"])
+async def test_join_or_close_from_inside_a_job_is_an_error_not_a_hang(method: str) -> None:
+    """A job awaiting join() or close() of its own dispatcher gets RuntimeError at once."""
+
+    async def job(d: asyncpool.Dispatcher) -> None:
+        await getattr(d, method)()
+
+    async with asyncpool.Dispatcher(workers=1, on_error=lambda h, e: None) as d:
+        handle = await d.submit(job, d)
+        await asyncio.wait([handle])
+    error = handle.exception()
+    assert isinstance(error, RuntimeError)
+    assert f"{method}() called from a job" in str(error)
+
+
+# ---------------------------------------------------------------- fail_fast
+
+
+class Boom(Exception):
+    pass
+
+
+async def explode(message: str) -> None:
+    raise Boom(message)
+
+
+# fail_fast: the first failure must cancel the other jobs and the body, then raise.
+async def test_fail_fast_cancels_jobs_and_body_and_raises_group() -> None:
+    """fail_fast: the first failure cancels the other jobs and the body; a group is raised."""
+    other = Gate()
+    failing = Gate()
+    body_cancelled = False
+    error = Boom("first")
+    with pytest.raises(ExceptionGroup) as caught:
+        async with asyncpool.Dispatcher(workers=2, fail_fast=True) as d:
+            other_handle = await d.submit(other)
+            failing_handle = await d.submit(failing)
+            queued = await d.submit(asyncio.sleep, 0)
+            await other.started.wait()
+            await failing.started.wait()
+            failing.fail(error)
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                body_cancelled = True
+                raise
+    assert caught.value.exceptions == (error,)
+    assert body_cancelled
+    assert other.saw_cancel
+    assert other_handle.cancelled()
+    assert queued.cancelled()
+    assert failing_handle.exception() is error
+    with pytest.raises(asyncpool.DispatcherClosed, match="closed"):
         await d.submit(asyncio.sleep, 0)
-    reports.append(d.shutdown_report)
-    assert reports == [None, asyncpool.ShutdownReport()]
 
 
-async def test_close_timeout_report_lists_what_the_timeout_cut(fast_clock: None) -> None:
-    """close(timeout=...) reports the jobs it had to cancel when time ran out."""
-    d = asyncpool.Dispatcher(workers=1)
+# fail_fast: a body error must join the job failures in the group, as in TaskGroup.
+async def test_fail_fast_matches_taskgroup_when_body_also_raises() -> None:
+    """fail_fast: like TaskGroup, a body error joins the job failures in the group."""
+    body_error = KeyError("body")
+
+    async def shape(group_cm: Callable[[], object]) -> tuple[type, list[str]]:
+        try:
+            if group_cm is asyncio.TaskGroup:
+                async with asyncio.TaskGroup() as tg:
+                    t = tg.create_task(explode("job"))
+                    await asyncio.wait([t])
+                    raise body_error
+            else:
+                async with asyncpool.Dispatcher(workers=1, fail_fast=True) as d:
+                    h = await d.submit(explode, "job")
+                    await asyncio.wait([h])
+                    raise body_error
+        except BaseExceptionGroup as group:
+            return type(group), sorted(type(e).__name__ for e in group.exceptions)
+        raise AssertionError("no group raised")
+
+    assert await shape(asyncpool.Dispatcher) == await shape(asyncio.TaskGroup)
+
+
+# fail_fast: with no failure it must simply wait for the jobs.
+async def test_fail_fast_without_failure_behaves_normally() -> None:
+    """fail_fast with jobs that all succeed simply waits for them."""
+    async with asyncpool.Dispatcher(workers=2, fail_fast=True) as d:
+        handles = [await d.submit(asyncio.sleep, 0, i) for i in range(10)]
+    assert [h.result() for h in handles] == list(range(10))
+
+
+# fail_fast: without a body, the group must come from close(), once.
+async def test_fail_fast_with_start_and_close_raises_from_close() -> None:
+    """Without a body, fail_fast's group is raised by close(), once."""
+    d = asyncpool.Dispatcher(workers=1, fail_fast=True)
     await d.start()
-    slow = await d.submit(asyncio.sleep, 100)
-    waiting = await d.submit(asyncio.sleep, 0)
-    report = await d.close(timeout=1)
-    assert (report.interrupted, report.never_started) == ((slow,), (waiting,))
+    handle = await d.submit(explode, "late")
+    await asyncio.wait([handle])
+    with pytest.raises(ExceptionGroup) as caught:
+        await d.close()
+    assert [type(e) for e in caught.value.exceptions] == [Boom]
+    await d.close()  # the second close is harmless
 
 
-async def test_close_report_handles_can_be_submitted_again() -> None:
-    """A never-started job from the report carries what is needed to submit it elsewhere."""
-    blocker = Gate()
-    first = asyncpool.Dispatcher(workers=1)
-    await first.start()
-    await first.submit(blocker)
-    await blocker.started.wait()
-    waiting = await first.submit(asyncio.sleep, 0, "again")
-    report = await first.close(cancel=True)
-    assert report.never_started == (waiting,)
-    async with asyncpool.Dispatcher(workers=1) as second:
-        for handle in report.never_started:
-            assert handle.kwargs == {}
-            retry = await second.submit(handle.fn, *handle.args, **handle.kwargs)
-            assert await retry == "again"
-
-
-async def test_close_cancelled_still_records_a_report() -> None:
-    """When close() itself is cancelled, shutdown_report still lists what it cut off."""
+# fail_fast: a cancel of the body from outside must propagate, not be swallowed.
+async def test_fail_fast_external_cancel_of_body_propagates() -> None:
+    """fail_fast: cancelling the body's task from outside cancels it (no group, no swallow)."""
     gate = Gate()
-    d = asyncpool.Dispatcher(workers=1)
-    await d.start()
-    handle = await d.submit(gate)
+
+    async def body() -> None:
+        async with asyncpool.Dispatcher(workers=1, fail_fast=True) as d:
+            await d.submit(gate)
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(body())
     await gate.started.wait()
-    closer = asyncio.create_task(d.close())
-    await asyncio.sleep(0)
-    closer.cancel()
+    task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await closer
-    assert d.shutdown_report is not None
-    assert d.shutdown_report.interrupted == (handle,)
+        await task
+    assert gate.saw_cancel
+
+
+# Regression: fail_fast raised the failures again after a close() from another task.
+async def test_fail_fast_errors_are_raised_once_when_close_came_first() -> None:
+    """With fail_fast, failures raised by a close() from another task are not raised again."""
+    error = ValueError("once")
+
+    async def fails() -> None:
+        raise error
+
+    with pytest.raises(ExceptionGroup) as caught:
+        async with asyncpool.Dispatcher(workers=1, fail_fast=True) as d:
+            handle = await d.submit(fails)
+            await asyncio.wait([handle])
+            await asyncio.create_task(d.close())
+    assert caught.value.exceptions == (error,)
+
+
+# Regression: a fail_fast body raising after close() left a stray cancel on its task.
+async def test_fail_fast_body_raising_after_close_leaves_no_stray_cancel() -> None:
+    """A fail_fast body that raises after the dispatcher closed gets its own exception back."""
+    with pytest.raises(ExceptionGroup) as caught:
+        async with asyncpool.Dispatcher(workers=1, fail_fast=True) as d:
+            await d.close()
+            raise KeyError("body")
+    assert [type(e) for e in caught.value.exceptions] == [KeyError]
+    await asyncio.sleep(0)  # the caller's next await is not hit by a leftover cancel
+
+
+# Regression: join() awaited from a task that a job started (and awaits)
+# waited for that job itself, for ever; now it raises at once.
+@pytest.mark.parametrize("method", ["join", "close"])
+async def test_lifecycle_join_or_close_from_a_jobs_child_task_is_refused(method: str) -> None:
+    """join()/close() from a task a job started raises RuntimeError instead of deadlocking."""
+    async with asyncpool.Dispatcher(workers=1) as d:
+
+        async def parent() -> str:
+            child = asyncio.create_task(getattr(d, method)())
+            try:
+                await child
+            except RuntimeError as exc:
+                return str(exc)
+            return "no error"
+
+        handle = await d.submit(parent)
+        async with asyncio.timeout(10):  # the old code hung here
+            message = await handle
+    assert f"{method}() called from a job of" in message
+    assert "a task one of its jobs" in message

@@ -734,3 +734,40 @@ async def test_as_completed_early_exit_leaves_handles_alone() -> None:
         await d.join()
     # Nobody watches handle 1 any more, so its failure is reported as usual.
     assert reported == [(handles[1], error)]
+
+
+# Regression: a failed handle yielded by as_completed that the consumer never
+# looked at was reported nowhere (the iterator's callback hid it from on_error).
+async def test_as_completed_reports_a_failure_the_consumer_skips() -> None:
+    """A yielded failure nobody looks at goes to on_error when the consumer moves on."""
+    seen: list[tuple[int, BaseException]] = []
+
+    def on_error(handle: asyncpool.JobHandle[Any], exc: BaseException) -> None:
+        seen.append((handle.id, exc))
+
+    async def boom() -> None:
+        raise ValueError("skipped")
+
+    async def fine() -> int:
+        return 1
+
+    async with asyncpool.Dispatcher(workers=2, on_error=on_error) as d:
+        handles: list[JobHandle[Any]] = [await d.submit(boom), await d.submit(fine)]
+        async with aclosing(asyncpool.as_completed(handles)) as done:
+            async for _ in done:
+                pass  # looks at nothing
+    assert [(job_id, str(exc)) for job_id, exc in seen] == [(handles[0].id, "skipped")]
+
+
+async def test_as_completed_does_not_report_a_failure_the_consumer_read() -> None:
+    """A yielded failure the consumer retrieves is its own: on_error is not called."""
+    seen: list[BaseException] = []
+
+    async def boom() -> None:
+        raise ValueError("read")
+
+    async with asyncpool.Dispatcher(workers=1, on_error=lambda h, e: seen.append(e)) as d:
+        handles = [await d.submit(boom)]
+        async for handle in asyncpool.as_completed(handles):
+            assert isinstance(handle.exception(), ValueError)
+    assert seen == []

@@ -23,11 +23,11 @@ import pytest
 import uvloop
 
 from asyncpool import Dispatcher, DispatcherClosed, JobHandle, JobTimeout, Retry
-from asyncpool._worker import LeanQueue
+from asyncpool._testing import internals
+from tests._jobs import Gate, check_stats
 
-from ._jobs import Gate, check_stats
-
-# Dispatcher._job_classes is cleared when it would grow past this.
+# The most job classes a dispatcher remembers: it forgets them all when it would
+# remember more (a private limit of asyncpool, 64; internals().remembered_job_classes).
 _MAX_JOB_CLASSES = 64
 
 
@@ -342,7 +342,7 @@ async def test_job_classes_made_on_the_fly_all_run_and_the_table_stays_bounded(
         handles: list[JobHandle[int]] = []
         for cls in [*classes, *classes]:
             handles.append(await submit_with(d, nowait, cls()))
-            assert len(d._job_classes) <= _MAX_JOB_CLASSES
+            assert internals(d).remembered_job_classes <= _MAX_JOB_CLASSES
         results = await asyncio.gather(*handles)
     assert results == [*range(100), *range(100)]
 
@@ -391,6 +391,8 @@ async def test_coroutine_function_with_a_process_attribute_is_called() -> None:
 
 async def test_lean_queue_is_an_asyncio_queue_that_skips_cancelled_getters() -> None:
     """LeanQueue (inboxes, idle-worker queue): put_nowait wakes the oldest live get()."""
+    from asyncpool._core import LeanQueue  # private: no public behaviour shows it alone
+
     queue: LeanQueue[str] = LeanQueue()
     assert isinstance(queue, asyncio.Queue)
     with pytest.raises(asyncio.QueueEmpty):

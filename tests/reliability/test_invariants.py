@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import asyncpool
 from asyncpool import JobState
+from asyncpool._testing import internals
 from tests._jobs import Gate, check_stats
 
 KINDS = ("ok", "fail", "gate", "self_cancel", "sync")
@@ -79,7 +80,10 @@ async def _scenario(
                 except asyncpool.QueueFull:
                     # Full: every place is taken, promised, or waited for.
                     assert queue_size
-                    assert d._backlog + d._reserved >= queue_size or d._putters
+                    seen = internals(d)
+                    assert (
+                        seen.backlog + seen.reserved_places >= queue_size or seen.waiting_submitters
+                    )
             else:
                 submitting = asyncio.create_task(d.submit(target))
                 await asyncio.sleep(0)
