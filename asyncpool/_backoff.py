@@ -1,18 +1,26 @@
-"""Retry backoffs: jobs waiting out the pause before their next try.
+"""Retries: whether a failed try runs again, and the backoff it waits out first.
 
-A job whose try failed and whose `Retry` policy sends it back holds no
-worker while it waits: it sits here with a timer, counted as queued, and
-the timer hands it back to the core when the pause is over. A shutdown
-takes every waiting job out at once.
+`retry_delay` applies a job's `Retry` policy to a failure (and says so in
+the log). A job sent back holds no worker while it waits: it sits in
+`Backoffs` with a timer, counted as queued, and the timer hands it back to
+the core when the pause is over. A shutdown takes every waiting job out at
+once.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-__all__ = ("Backoffs",)
+from ._job import name_of
+from ._reporting import logger
+from ._retry import Retry
+
+if TYPE_CHECKING:
+    from ._handle import JobHandle
+
+__all__ = ("Backoffs", "retry_delay")
 
 J = TypeVar("J")
 
@@ -56,3 +64,47 @@ class Backoffs(Generic[J]):
             timer.cancel()
         self._timers.clear()
         return jobs
+
+
+def retry_delay(
+    policy: Retry | None,
+    tries: int,
+    exc: BaseException,
+    handle: JobHandle[Any],
+    label: str,
+    cancelling: bool,
+) -> float | None:
+    """How long a job waits before its next try after failing with `exc`; None for no retry.
+
+    No retry without a policy, after the last attempt, for a job asked to
+    stop, or while the dispatcher cancels everything. A broken `on=`
+    predicate must not kill the worker or hide the job's failure: the job
+    fails with its own error, and the predicate's is logged.
+    """
+    if policy is None or tries >= policy.attempts or handle._cancel_requested or cancelling:
+        return None
+    try:
+        retried = policy.retries(exc)
+    except Exception as predicate_error:
+        logger.error(
+            "%s: the retry predicate %r raised on the failure of job %d; not retrying",
+            label,
+            policy.on,
+            handle.id,
+            exc_info=predicate_error,
+        )
+        return None
+    if not retried:
+        return None
+    delay = policy.delay(tries)
+    logger.warning(
+        "%s: job %d (%s) failed (try %d of %d), retrying in %.3g s: %r",
+        label,
+        handle.id,
+        name_of(handle.fn),
+        tries,
+        policy.attempts,
+        delay,
+        exc,
+    )
+    return delay

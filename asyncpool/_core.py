@@ -35,38 +35,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import inspect
 import math
 import time
 from collections import deque
 from collections.abc import Callable
-from types import FunctionType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._backoff import Backoffs
-from ._errors import DispatcherClosed, JobTimeout
-from ._executors import Executors, check_picklable, name_of
+from ._backoff import Backoffs, retry_delay
+from ._errors import JobTimeout
+from ._executors import Executors
 from ._handle import JobHandle
 from ._job import (
     CORO_OBJECT,
-    IN_PROCESS,
     IN_THREAD,
     JOB_ON_LOOP,
     ON_LOOP,
     JobState,
-    classify,
+    name_of,
 )
 from ._joins import JoinWaiters
-from ._options import RESERVED_OPTIONS, JobOptions, pop_options
+from ._options import JobOptions
 from ._policies import KeyTable, PriorityLanes, TokenBucket
-from ._reporting import Reporter, logger
-from ._retry import Retry
+from ._reporting import Reporter
 from ._stats import WINDOW, Casualties, Stats, latency
 
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher
 
-__all__ = ("Classifier", "Core", "Inbox", "LeanQueue", "Worker", "running_worker")
+__all__ = ("Core", "Inbox", "LeanQueue", "Worker", "running_worker")
 
 T = TypeVar("T")
 
@@ -80,12 +76,9 @@ _CANCELLED = JobState.CANCELLED
 _future_set_result = asyncio.Future.set_result
 _future_set_exception = asyncio.Future.set_exception
 _future_cancel = asyncio.Future.cancel
-_CO_COROUTINE = inspect.CO_COROUTINE
 _BASE_LOOP_TIME = asyncio.BaseEventLoop.time
 _WINDOW_MASK = WINDOW - 1
 _SAMPLE_MASK = 3  # after the first WINDOW jobs, one job in four is sampled
-_MAX_JOB_CLASSES = 64  # Job classes whose process() submit remembers
-_NO_FN = object()  # what `Classifier.plain_fn` holds when the fast path is off
 _DEAD_COMPACTION = 64  # dead queue entries tolerated before a compaction
 
 # Stands for the outcome of a job whose handle close() already made final.
@@ -140,137 +133,6 @@ Inbox = LeanQueue[JobHandle[Any] | None]
 """A worker's inbox. `None` tells the worker to stop."""
 
 
-class Classifier:
-    """`submit`'s front door: how a submitted thing runs, decided once and remembered.
-
-    `classify` (asyncpool._job) decides in general; two caches skip it for
-    what is submitted over and over: the last plain coroutine function
-    (`plain_fn`, one identity test in `Dispatcher.submit`) and Job classes
-    whose `process()` is an async method. Both caches are dropped by
-    `stop_accepting`, so the next submit takes the full path, which refuses.
-    """
-
-    __slots__ = (
-        "plain_fn",
-        "accepting",
-        "_job_classes",
-        "_default_timeout",
-        "_default_retry",
-        "_has_defaults",
-        "_in_processes",
-        "_closed_error",
-    )
-
-    def __init__(
-        self,
-        *,
-        default_timeout: float | None,
-        default_retry: Retry | None,
-        in_processes: bool,
-        closed_error: Callable[[], DispatcherClosed],
-    ) -> None:
-        self.plain_fn: object = _NO_FN
-        """The last plain coroutine function submitted without options while accepting."""
-        self.accepting = False
-        self._job_classes: dict[type, FunctionType] = {}
-        self._default_timeout = default_timeout
-        self._default_retry = default_retry
-        # Options on every job when a default is set: the fast paths are off.
-        self._has_defaults = default_timeout is not None or default_retry is not None
-        self._in_processes = in_processes
-        self._closed_error = closed_error
-
-    @property
-    def remembered_classes(self) -> int:
-        """How many Job classes are remembered (for `asyncpool._testing`)."""
-        return len(self._job_classes)
-
-    def start_accepting(self) -> None:
-        self.accepting = True
-
-    def stop_accepting(self) -> None:
-        """No submit may be accepted from now on: the fast paths stop matching."""
-        self.accepting = False
-        self.plain_fn = _NO_FN
-        self._job_classes = {}
-
-    def prepare(
-        self, target: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[int, Any, JobOptions | None]:
-        """Decide how `target` runs: `(run mode, what the worker calls, options or None)`.
-
-        Raises:
-            TypeError, ValueError: `target` or an option is not acceptable.
-            DispatcherClosed: the dispatcher does not accept jobs.
-        """
-        known = self._job_classes.get(type(target))
-        if known is not None and not args and not kwargs:
-            # A Job of a class seen before: if its process() is still the
-            # class's async method, it runs on the loop like last time.
-            process = getattr(target, "process", None)  # an instance may lack it
-            if getattr(process, "__func__", None) is known:
-                return JOB_ON_LOOP, target, None  # the Job, not `process`: no bound method kept
-        if (
-            type(target) is FunctionType
-            and target.__code__.co_flags & _CO_COROUTINE
-            and not kwargs
-            and self.accepting
-            and not self._has_defaults
-        ):
-            # The common case, decided without classify(); remembered, so
-            # that the next submit of the same function skips even this.
-            self.plain_fn = target
-            return ON_LOOP, target, None
-        try:
-            opts = None
-            if self._has_defaults or not RESERVED_OPTIONS.isdisjoint(kwargs):
-                retry_given = kwargs.get("retry") is not None
-                opts = pop_options(kwargs, self._default_timeout, self._default_retry)
-            mode, fn = classify(target, args, kwargs)
-            if mode == IN_THREAD and self._in_processes:
-                mode = IN_PROCESS
-                check_picklable(fn, args, kwargs)
-            if opts is not None and mode == CORO_OBJECT and opts.retry is not None:
-                if retry_given:
-                    raise TypeError(
-                        "submit() got a coroutine object with retry=: a coroutine "
-                        "object runs once; submit the coroutine function and its "
-                        "arguments to retry it"
-                    )
-                opts.retry = None  # the dispatcher's default cannot apply
-            if not self.accepting:
-                raise self._closed_error()
-        except BaseException:
-            close_if_coroutine(target)
-            raise
-        if mode == ON_LOOP and opts is None and fn is not target and not self._has_defaults:
-            self._remember_job_class(target, fn)
-        return mode, fn, opts
-
-    def _remember_job_class(self, job: object, process: Any) -> None:
-        """A Job whose `process` is an async method: later Jobs of its class skip classify()."""
-        func = getattr(process, "__func__", None)
-        if (
-            getattr(process, "__self__", None) is job
-            and type(func) is FunctionType
-            and func.__code__.co_flags & _CO_COROUTINE
-        ):
-            if len(self._job_classes) >= _MAX_JOB_CLASSES:
-                self._job_classes.clear()  # classes made on the fly: keep the table small
-            self._job_classes[type(job)] = func
-
-
-def close_if_coroutine(target: object) -> None:
-    """Close a fresh coroutine object that will never run.
-
-    That spares the user a "coroutine ... was never awaited" warning on top
-    of the error. Only a fresh one: a started coroutine belongs to whoever
-    is running it.
-    """
-    if inspect.iscoroutine(target) and inspect.getcoroutinestate(target) == inspect.CORO_CREATED:
-        target.close()
-
-
 def _newest_held_first(worker: Worker) -> float:
     """Sort key for workers holding an unstarted job: a cancelled one first, then the newest."""
     handle = worker.inbox.peek()
@@ -281,6 +143,25 @@ def _newest_held_first(worker: Worker) -> float:
 
 def _by_id(handle: JobHandle[Any]) -> int:
     return handle.id
+
+
+class _DetourInput:
+    """An input of `Core._detour`: setting it re-computes the flag, so no caller can forget to.
+
+    Reads and writes go to the slot named `slot`; the hot path reads that
+    slot directly, never through this descriptor.
+    """
+
+    def __init__(self, slot: str, doc: str) -> None:
+        self.slot = slot
+        self.__doc__ = doc
+
+    def __get__(self, core: Core | None, owner: type | None = None) -> Any:
+        return self if core is None else getattr(core, self.slot)
+
+    def __set__(self, core: Core, value: Any) -> None:
+        setattr(core, self.slot, value)
+        core._recheck_detour()
 
 
 class Core:
@@ -444,36 +325,10 @@ class Core:
             or self._watchers
         )
 
-    @property
-    def stopping(self) -> bool:
-        """Workers exit when they next go idle."""
-        return self._stopping
-
-    @stopping.setter
-    def stopping(self, value: bool) -> None:
-        self._stopping = value
-        self._recheck_detour()
-
-    @property
-    def retiring(self) -> int:
-        """Busy workers that leave when their job ends (a shrink)."""
-        return self._retiring
-
-    @retiring.setter
-    def retiring(self, value: int) -> None:
-        self._retiring = value
-        self._recheck_detour()
+    stopping = _DetourInput("_stopping", "Workers exit when they next go idle.")
+    retiring = _DetourInput("_retiring", "Busy workers that leave when their job ends (a shrink).")
 
     # ------------------------------------------------------------- facts
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def cancelling(self) -> bool:
-        """Every job must end now; none may start."""
-        return self._cancelling
 
     def counts(self) -> tuple[int, int, int]:
         """`(submitted, finished, unfinished)` job counts, for join()."""
@@ -1011,28 +866,10 @@ class Core:
         While it waits the job holds no worker and counts as queued; its key,
         if it has one, stays held, so later jobs of the key keep their order.
         """
-        policy = opts.retry
-        if (
-            policy is None
-            or opts.tries >= policy.attempts
-            or handle._cancel_requested  # asked to stop: it does not come back
-            or self._cancelling
-        ):
-            return False
-        try:
-            retried = policy.retries(exc)
-        except Exception as predicate_error:
-            # A broken `on=` predicate must not kill the worker or hide the
-            # job's failure: the job fails with its own error, and this is logged.
-            logger.error(
-                "%s: the retry predicate %r raised on the failure of job %d; not retrying",
-                self.reporter.label,
-                policy.on,
-                handle.id,
-                exc_info=predicate_error,
-            )
-            return False
-        if not retried:
+        delay = retry_delay(
+            opts.retry, opts.tries, exc, handle, self.reporter.label, self._cancelling
+        )
+        if delay is None:
             return False
         handle._job_state = _QUEUED
         handle._worker_task = None
@@ -1040,17 +877,6 @@ class Core:
         self._busy -= 1
         self._queued += 1
         self._retried += 1
-        delay = policy.delay(opts.tries)
-        logger.warning(
-            "%s: job %d (%s) failed (try %d of %d), retrying in %.3g s: %r",
-            self.reporter.label,
-            handle.id,
-            name_of(handle.fn),
-            opts.tries,
-            policy.attempts,
-            delay,
-            exc,
-        )
         self._backoffs.start(self._loop, handle, delay, self._requeue)
         return True
 
@@ -1108,16 +934,6 @@ class Core:
         self.wake_putters(everyone=True)
         self._wake_watchers()
 
-    def cancel_all(self) -> None:
-        """Cancel every queued and running job (the running ones are asked to stop)."""
-        self._cancelling = True
-        self.cancel_queued_jobs()
-        for worker in self._workers:
-            handle = worker.current
-            if handle is not None and not handle._cancel_requested:
-                self.casualties.interrupted.append(handle)
-                handle.cancel()
-
     def cancel_queued_jobs(self) -> None:
         """Cancel every job that has not started: queued, parked, or waiting out a backoff."""
         # Parked jobs first, and the key table with them: ending a key's
@@ -1160,26 +976,13 @@ class Core:
             idle.get_nowait().put_nowait(None)
         self._wake_loop()
 
-    def cancel_stuck_workers(self) -> list[JobHandle[Any]]:
-        """Cancel the worker tasks still running a job; return those jobs."""
-        running = []
-        for worker in self._workers:
-            if worker.current is not None and worker.task is not None:
-                worker.task.cancel()
-                running.append(worker.current)
-        return running
+    def running(self) -> list[tuple[asyncio.Task[None], JobHandle[Any]]]:
+        """The workers running a job now: each one's task and its job."""
+        return [(w.task, w.current) for w in self._workers if w.current is not None and w.task]
 
-    def running_jobs(self) -> list[JobHandle[Any]]:
-        """The jobs the workers are running now."""
-        return [w.current for w in self._workers if w.current is not None]
-
-    def abandon(self, handle: JobHandle[Any]) -> None:
-        """close() stops waiting for a running job that ignores cancellation."""
-        casualties = self.casualties
-        casualties.abandoned.append(handle)
-        if handle not in casualties.interrupted:  # the user had cancelled it already
-            casualties.interrupted.append(handle)
-        self.finish_cancelled(handle, "abandoned by close(): the job did not stop when cancelled")
+    def begin_cancelling(self) -> None:
+        """Every job must end now; none may start (queued jobs are cancelled as they come)."""
+        self._cancelling = True
 
     def tear_down(self) -> None:
         """Whatever way the workers ended, every handle ends final and nobody is left waiting."""

@@ -23,7 +23,8 @@ from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
 
-from ._core import Classifier, Core, close_if_coroutine
+from ._classify import Classifier, close_if_coroutine
+from ._core import Core
 from ._errors import DispatcherClosed, QueueFull
 from ._executors import Executors
 from ._handle import JobHandle

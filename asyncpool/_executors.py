@@ -22,19 +22,15 @@ from typing import Any, Literal
 import anyio
 import anyio.to_thread
 
+from ._job import name_of
 from ._waits import wait_through_cancellation
 
-__all__ = ("Executors", "check_picklable", "name_of")
+__all__ = ("Executors", "check_picklable")
 
 # Phases of a call handed to a worker thread (see Executors.run_in_thread).
 _PENDING = "pending"
 _CALLED = "called"
 _ABANDONED = "abandoned"
-
-
-def name_of(fn: object) -> str:
-    """A function's qualified name, for messages."""
-    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def check_picklable(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

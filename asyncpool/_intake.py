@@ -24,7 +24,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from ._core import Core, close_if_coroutine
+from ._classify import close_if_coroutine
+from ._core import Core
 from ._errors import DispatcherClosed
 from ._handle import JobHandle
 from ._job import JobState

@@ -114,6 +114,11 @@ def _is_async_callable(fn: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def name_of(fn: object) -> str:
+    """A function's qualified name, for messages."""
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
 def _describe(value: object) -> str:
     text = repr(value)
     if len(text) > 60:

@@ -13,7 +13,8 @@ import asyncio
 import enum
 from typing import TYPE_CHECKING, Any
 
-from ._core import Classifier, Core
+from ._classify import Classifier
+from ._core import Core
 from ._errors import DispatcherClosed
 from ._executors import Executors
 from ._reporting import logger
@@ -172,10 +173,20 @@ class Lifecycle:
         if self.state is State.RUNNING:
             self._leave_running(State.CLOSING)
 
+    def cancel_all(self) -> None:
+        """Cancel every queued and running job (the running ones are asked to stop)."""
+        core = self._core
+        core.begin_cancelling()
+        core.cancel_queued_jobs()
+        for _, handle in core.running():
+            if not handle._cancel_requested:
+                core.casualties.interrupted.append(handle)
+                handle.cancel()
+
     def abort(self) -> None:
         """fail_fast: stop accepting, cancel every job, and cancel the body."""
         self.stop_accepting()
-        self._core.cancel_all()
+        self.cancel_all()
         body = self._body_task
         if body is not None and not body.done() and not self._body_cancel_requested:
             self._body_cancel_requested = True
@@ -216,7 +227,7 @@ class Lifecycle:
         core = self._core
         try:
             if cancel:
-                core.cancel_all()
+                self.cancel_all()
             elif timeout is None:
                 await self._join()
             else:
@@ -224,7 +235,7 @@ class Lifecycle:
                     async with asyncio.timeout(timeout):
                         await self._join()
                 except TimeoutError:
-                    core.cancel_all()
+                    self.cancel_all()
             core.stop_workers()
             if timeout is not None and not await self._wait_or_abandon(runner, timeout):
                 return self._make_report()
@@ -237,7 +248,7 @@ class Lifecycle:
             # Like TaskGroup's exit: a cancelled caller still does not leave
             # before the dispatcher's tasks are gone; the jobs are cancelled
             # so that this is quick, then the cancellation propagates.
-            core.cancel_all()
+            self.cancel_all()
             core.stop_workers()
             await wait_through_cancellation(runner)
             self._make_report()  # for shutdown_report: the caller gets the cancellation
@@ -260,15 +271,23 @@ class Lifecycle:
         if done:
             return True
         core = self._core
-        core.cancel_stuck_workers()
+        for task, _ in core.running():
+            task.cancel()
         done, _ = await asyncio.wait((runner,), timeout=grace / 2)
-        stuck = core.running_jobs()
+        stuck = [handle for _, handle in core.running()]
         if done or not stuck:
             return True  # only the teardown is left to wait for
+        casualties = core.casualties
         for handle in stuck:
             if not handle.done():
-                core.abandon(handle)
-        abandoned = core.casualties.abandoned
+                # close() stops waiting for a running job that ignores cancellation.
+                casualties.abandoned.append(handle)
+                if handle not in casualties.interrupted:  # the user had cancelled it already
+                    casualties.interrupted.append(handle)
+                core.finish_cancelled(
+                    handle, "abandoned by close(): the job did not stop when cancelled"
+                )
+        abandoned = casualties.abandoned
         logger.error(
             "%s: close(timeout=%g) gave up on %d job(s) that did not stop when cancelled "
             "(they run on, unowned): %s",
@@ -323,7 +342,7 @@ class Lifecycle:
             # The body is over, so only the jobs are left to cancel (cancelling
             # the body's task now would hit its caller's next await instead).
             self.stop_accepting()
-            self._core.cancel_all()
+            self.cancel_all()
         while True:
             try:
                 await self._close(cancel=False)
