@@ -30,7 +30,8 @@ _DEMO_SCRIPT = "asyncpool-demo"
 _DEMO_DESCRIPTION = """\
 Count the lines of every file under a directory and take their SHA-256
 digests, through one asyncpool Dispatcher: small files go in batches
-(BatchJob), large ones one per job (SingleJob). The default directory is the
+(BatchJob), large ones one per job (SingleJob). The summary gives the totals
+and the digests of the last files read. The default directory is the
 running interpreter's standard library, without its site-packages.
 """
 
@@ -115,6 +116,12 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"{prog}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
+    # The Dispatcher would refuse these too, but under the names of its own
+    # parameters (`queue_size`); the person at the terminal typed the flags.
+    if args.workers < 1:
+        return fail(f"--workers must be >= 1, got {args.workers}")
+    if args.queue_size < 0:
+        return fail(f"--queue-size must be >= 0, got {args.queue_size}")
     try:
         from rich.console import Console
     except ImportError:

@@ -97,7 +97,10 @@ def retry_delay(
     if not retried:
         return None
     delay = policy.delay(tries)
-    logger.warning(
+    # INFO, not WARNING: a retry is the policy doing its job, and a flaky
+    # batch would otherwise flood the log. A job that fails for good is
+    # still reported at ERROR (or to its awaiter, or on_error) as usual.
+    logger.info(
         "%s: job %d (%s) failed (try %d of %d), retrying in %.3g s: %r",
         label,
         handle.id,

@@ -76,6 +76,7 @@ _CANCELLED = JobState.CANCELLED
 _future_set_result = asyncio.Future.set_result
 _future_set_exception = asyncio.Future.set_exception
 _future_cancel = asyncio.Future.cancel
+_future_add_done_callback = asyncio.Future.add_done_callback
 _BASE_LOOP_TIME = asyncio.BaseEventLoop.time
 _WINDOW_MASK = WINDOW - 1
 _SAMPLE_MASK = 3  # after the first WINDOW jobs, one job in four is sampled
@@ -186,6 +187,7 @@ class Core:
         "on_fail_fast",
         "_backlog",
         "_backoffs",
+        "_blocked",
         "_bucket",
         "_busy",
         "_cancelled",
@@ -199,6 +201,7 @@ class Core:
         "_idle_count",
         "_idle_inboxes",
         "_joins",
+        "_join_horizon",
         "_jobs",
         "_keys",
         "_lanes",
@@ -219,6 +222,7 @@ class Core:
         "_runner",
         "_sample_count",
         "_size",
+        "_spares",
         "_stopping",
         "_submitted",
         "_succeeded",
@@ -282,6 +286,8 @@ class Core:
         self._workers: list[Worker] = []
         self._next_worker_index = 0
         self._watchers: list[asyncio.Future[None]] = []  # job sources waiting for free workers
+        self._blocked = 0  # workers whose job waits for a job of this pool not yet started
+        self._spares = 0  # workers lent while every other one is blocked so (fork/join)
 
         # Counters behind stats(); `_queued` counts jobs not started yet,
         # whether still in the job queue or already handed to a worker.
@@ -299,7 +305,8 @@ class Core:
         self._wait_samples = [0.0] * WINDOW
         self._run_samples = [0.0] * WINDOW
         self._sample_count = 0
-        self._joins = JoinWaiters()
+        self._join_horizon = 0  # the joins' horizon, copied here: read per job
+        self._joins = JoinWaiters(self._set_join_horizon)
 
         self._cancelling = False  # every job must end now; none may start
         self._fatal = False  # a job raised KeyboardInterrupt or SystemExit
@@ -406,11 +413,14 @@ class Core:
         """True while the workers' task group can take new workers."""
         return self._group is not None
 
+    def _set_join_horizon(self, horizon: int) -> None:
+        self._join_horizon = horizon
+
     def join_waiters(self) -> JoinWaiters:
         """The `join()` calls waiting on this core's jobs."""
         return self._joins
 
-    def grow(self, size: int, label: str) -> None:
+    def grow(self, size: int) -> None:
         """Resize up to `size` workers (the dispatcher runs)."""
         old = self._size
         self._size = size
@@ -418,13 +428,17 @@ class Core:
         # them would run more jobs at once than `size`.
         kept = min(self._retiring, size - old)
         self.retiring = self._retiring - kept
-        assert self._group is not None
         for _ in range(size - old - kept):
-            worker = Worker(self, self._next_worker_index)
-            self._next_worker_index += 1
-            self._workers.append(worker)
-            self._group.create_task(worker.run(), name=f"{label} worker {worker.index}")
+            self._add_worker("worker")
         self._wake_watchers()
+
+    def _add_worker(self, kind: str) -> None:
+        """Start one more worker in the task group."""
+        assert self._group is not None
+        worker = Worker(self, self._next_worker_index)
+        self._next_worker_index += 1
+        self._workers.append(worker)
+        self._group.create_task(worker.run(), name=f"{self.reporter.label} {kind} {worker.index}")
 
     def shrink(self, size: int) -> None:
         """Resize down to `size` workers: idle ones leave now, busy ones after their job."""
@@ -742,6 +756,56 @@ class Core:
             if not waiter.done():  # else the loop is being cancelled
                 waiter.set_result(None)
 
+    # --------------------------------------------- fork/join: spare workers
+
+    def waiting_on_queued(self, handle: JobHandle[Any]) -> None:
+        """A task starts waiting for `handle`, a job of this pool that has not started.
+
+        If the task is a worker's own (a job awaiting a job it submitted: the
+        fork/join pattern), that worker is blocked until the job ends. Were
+        every worker blocked so, no job could ever start again: `_compensate`
+        lends a spare worker (fork/join pools call this compensation).
+        """
+        worker = running_worker.get()
+        if (
+            worker is None
+            or worker.core is not self
+            or worker.current is None
+            or worker.task is not asyncio.current_task()  # a task the job started
+        ):
+            return
+        if not worker.waiting:
+            self._blocked += 1
+        worker.waiting += 1
+        _future_add_done_callback(handle, worker.waited)
+        self._compensate()
+
+    def unblocked(self, worker: Worker) -> None:
+        """A job `worker` waited for has ended."""
+        worker.waiting -= 1
+        if not worker.waiting:
+            self._blocked -= 1
+            self._compensate()
+
+    def _compensate(self) -> None:
+        """Keep one worker able to start jobs while every other one waits for its own pool.
+
+        With `b` blocked workers out of `size + spares`, the pool needs
+        `b - size + 1` spares when `b >= size`, else none. Spares no longer
+        needed leave: an idle one at once, else the next worker to free up.
+        """
+        needed = self._blocked - self._size + 1 if self._blocked >= self._size else 0
+        while self._spares < needed and self._group is not None and not self._stopping:
+            self._spares += 1
+            self._add_worker("spare worker")
+        while self._spares > needed:
+            self._spares -= 1
+            if self._idle_count:
+                self._idle_count -= 1
+                self._retire(self._idle_inboxes.get_nowait())
+            else:
+                self.retiring = self._retiring + 1
+
     # ------------------------------------------------------ free workers (sources)
 
     def free_slots(self) -> int:
@@ -787,7 +851,7 @@ class Core:
         self._busy -= 1
         self._succeeded += 1
         _future_set_result(handle, result)
-        if job_id <= self._joins.horizon:
+        if job_id <= self._join_horizon:
             self._joins.count(handle)
         opts = handle._opts
         if opts is not None and opts.holds_key:
@@ -831,7 +895,7 @@ class Core:
             handle._log_traceback = False  # reported once, in the ExceptionGroup
             self.errors.append(exc)
             self.on_fail_fast()
-        if handle.id <= self._joins.horizon:
+        if handle.id <= self._join_horizon:
             self._joins.count(handle)
         if not (fatal or self._fail_fast or awaited):
             handle._log_traceback = False  # reported here, so asyncio must not report it again
@@ -852,7 +916,7 @@ class Core:
         handle._finished_at = self._now()
         self._cancelled += 1
         _future_cancel(handle, msg)
-        if handle.id <= self._joins.horizon:
+        if handle.id <= self._join_horizon:
             self._joins.count(handle)
         opts = handle._opts
         if opts is not None and opts.holds_key:
@@ -959,6 +1023,20 @@ class Core:
         for handle in self._backoffs.drain():
             self.cancel_unstarted(handle)
 
+    def cut_short(self, handle: JobHandle[Any]) -> None:
+        """A map cut short by a cancellation drops `handle`: list it in the next report.
+
+        A job not done is cancelled and listed as `never_started` or
+        `interrupted`; one that finished is listed as `undelivered`.
+        """
+        if handle.done():
+            if not handle.cancelled():
+                self.casualties.undelivered.append(handle)
+            return
+        casualties = self.casualties
+        (casualties.interrupted if handle.attempts else casualties.never_started).append(handle)
+        handle.cancel()
+
     def cancel_unstarted(self, handle: JobHandle[Any]) -> None:
         """A shutdown cancels a job that is not running; the report lists it."""
         # A job between two tries (waiting out a backoff, or queued again)
@@ -1013,7 +1091,7 @@ class Worker:
     top (`Core.next_job_for`).
     """
 
-    __slots__ = ("core", "index", "inbox", "current", "task")
+    __slots__ = ("core", "index", "inbox", "current", "task", "waiting")
 
     def __init__(self, core: Core, index: int) -> None:
         self.core = core
@@ -1023,6 +1101,13 @@ class Worker:
         """The job this worker is running, if any."""
         self.task: asyncio.Task[None] | None = None
         """The worker's task, once it runs."""
+        self.waiting = 0
+        """How many jobs of its own pool, not started when it began to wait,
+        this worker's job waits for (see `Core.waiting_on_queued`)."""
+
+    def waited(self, _: asyncio.Future[Any]) -> None:
+        """A done callback: a job this worker's job waited for has ended."""
+        self.core.unblocked(self)
 
     async def run(self) -> None:
         """Serve the inbox until told to stop.

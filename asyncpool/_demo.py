@@ -15,8 +15,10 @@ directory at a time (each listing in a thread) while jobs are submitted with
 backpressure keeps memory flat however big the tree is.
 
 `scan_tree` is the core and needs nothing but asyncpool; `run_with_progress`
-and `print_summary` add the display and import `rich` (the `demo` extra) only
-when called. The command line lives in `asyncpool/__main__.py`.
+(a live line that keeps its counts and elapsed time down to 60 columns) and
+`print_summary` (the totals, and the SHA-256 digests of the last files read)
+add the display and import `rich` (the `demo` extra) only when called. The
+command line lives in `asyncpool/__main__.py`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import os
 import stat
 import sysconfig
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
@@ -41,6 +44,7 @@ from ._stats import Stats
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress
 
 __all__ = (
     "BatchJob",
@@ -60,6 +64,9 @@ __all__ = (
 
 CHUNK_SIZE = 1024 * 1024
 """How much of a file one read takes."""
+
+LATEST_DIGESTS = 5
+"""How many of the last files read `ScanReport.latest` keeps, for the summary to show."""
 
 # O_NONBLOCK makes opening a FIFO return at once instead of waiting for a
 # writer; the fstat that follows then refuses anything but a regular file.
@@ -339,6 +346,8 @@ class ScanReport:
         symlinked_dirs: Symlinks to directories, not followed.
         failures: Files and directories that could not be read.
         records: Every `FileDigest`, if `scan_tree` was asked to keep them.
+        latest: The last `LATEST_DIGESTS` files read, oldest first (kept
+            whatever `keep_records` says: memory stays flat).
         walk_finished: True once every job has been submitted.
         elapsed: Seconds from the start of the walk to the end of the last
             job.
@@ -358,6 +367,9 @@ class ScanReport:
     symlinked_dirs: int = 0
     failures: list[FileFailure] = dataclasses.field(default_factory=list)
     records: list[FileDigest] | None = None
+    latest: deque[FileDigest] = dataclasses.field(
+        default_factory=lambda: deque(maxlen=LATEST_DIGESTS)
+    )
     walk_finished: bool = False
     elapsed: float = 0.0
 
@@ -393,6 +405,7 @@ class ScanReport:
             self.files += 1
             self.lines += result.lines
             self.bytes_read += result.size
+            self.latest.append(result)
             if self.records is not None:
                 self.records.append(result)
 
@@ -538,28 +551,7 @@ async def run_with_progress(
         DemoUsageError: as for `scan_tree`.
         ImportError: `rich` is not installed.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(
-            "jobs done · [red]{task.fields[failed]} failed[/] · {task.fields[queued]} queued"
-            " · {task.fields[rate]:,.0f} jobs/s · {task.fields[unreadable]} unreadable files"
-        ),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
+    progress = _make_progress(console)
     task = progress.add_task("walking", total=None, failed=0, queued=0, rate=0.0, unreadable=0)
     started = time.perf_counter()
     displayed = False
@@ -592,6 +584,58 @@ async def run_with_progress(
             progress.stop()
 
 
+def _make_progress(console: Console) -> Progress:
+    """The live line: `⠋ hashing 120/265 jobs · 0 failed ━━━━━━ 8 queued · ... 0:00:01`.
+
+    What the line is for (the phase, jobs done of submitted, failures, and
+    the elapsed time at the end) never shrinks. On a narrow terminal the bar
+    and the details after it (queued, rate, unreadable files) give up their
+    room instead: a rich table shrinks only the columns that may wrap, the
+    widest first, and the details are cut with an ellipsis rather than
+    wrapped, so the line stays one line. It keeps everything but the
+    details down to 60 columns, even at thousands of jobs.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        SpinnerColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Column
+    from rich.text import Text
+
+    class DetailsColumn(ProgressColumn):
+        """The part of the line that may be cut short."""
+
+        def render(self, task: Task) -> Text:
+            fields = task.fields
+            return Text(
+                f"{fields['queued']:,} queued · {fields['rate']:,.0f} jobs/s"
+                f" · {fields['unreadable']:,} unreadable files",
+                no_wrap=True,
+                overflow="ellipsis",
+            )
+
+    def kept() -> Column:
+        return Column(no_wrap=True)
+
+    return Progress(
+        SpinnerColumn(table_column=kept()),
+        TextColumn("{task.description}", table_column=Column(no_wrap=True, min_width=7)),
+        MofNCompleteColumn(table_column=kept()),
+        TextColumn("jobs · [red]{task.fields[failed]:,} failed[/]", table_column=kept()),
+        BarColumn(bar_width=12, table_column=Column()),
+        DetailsColumn(table_column=Column()),
+        TimeElapsedColumn(table_column=kept()),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
 def _phase(stats: Stats, report: ScanReport) -> str:
     if not report.walk_finished:
         return "walking"
@@ -599,7 +643,10 @@ def _phase(stats: Stats, report: ScanReport) -> str:
 
 
 def print_summary(report: ScanReport, console: Console, *, show_failures: int = 5) -> None:
-    """Print the totals as a `rich` table, then the first unreadable files.
+    """Print the totals as a `rich` table, the last digests, then the first unreadable files.
+
+    The digests (`report.latest`) are printed as `sha256sum` prints them:
+    the hex digest, two spaces, the path relative to the root.
 
     Args:
         report: What `scan_tree` returned.
@@ -624,7 +671,7 @@ def print_summary(report: ScanReport, console: Console, *, show_failures: int = 
         table.add_row("excluded", Text(names))
     table.add_row("event loop", report.loop)
     table.add_row("workers", f"{report.workers}")
-    table.add_row("queue size", f"{report.queue_size}")
+    table.add_row("queue size", "unbounded" if report.queue_size == 0 else f"{report.queue_size}")
     table.add_row(
         "jobs", f"{report.jobs:,}: {report.batch_jobs:,} BatchJob, {report.single_jobs:,} SingleJob"
     )
@@ -639,6 +686,11 @@ def print_summary(report: ScanReport, console: Console, *, show_failures: int = 
     if report.symlinked_dirs:
         table.add_row("not followed", f"{report.symlinked_dirs:,} symlinked directories")
     console.print(table)
+    if report.latest:
+        console.print(f"SHA-256 of the last {len(report.latest)} files read:", highlight=False)
+        for digest in report.latest:
+            line = Text(f"  {digest.sha256}  {_relative(digest.path, report.root)}")
+            console.print(line, soft_wrap=True)
     if not report.failures:
         return
     console.print(f"Unreadable ({len(report.failures):,}):", highlight=False)

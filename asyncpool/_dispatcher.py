@@ -32,10 +32,10 @@ from ._intake import Intake
 from ._job import ON_LOOP
 from ._lifecycle import Lifecycle, State
 from ._map import map_results
-from ._options import RESERVED_OPTIONS, check_retry, check_timeout, pop_options
+from ._options import RESERVED_OPTIONS, check_retry, check_timeout, check_workers, pop_options
 from ._policies import TokenBucket
 from ._reporting import Reporter
-from ._retry import Retry
+from ._retry import Retry, as_float, shown
 from ._signatures import MapSignature, SubmitNowaitSignature, SubmitSignature
 from ._stats import ShutdownReport, Stats
 from ._testing import Internals
@@ -47,7 +47,7 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be >= {minimum}, got {shown(value)}")
     return value
 
 
@@ -118,7 +118,8 @@ class Dispatcher:
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: `workers` < 1, `queue_size` < 0, `sync_in` is neither
+        ValueError: `workers` < 1 or above `MAX_WORKERS` (1,000,000; an idle
+            worker takes about 5 KB), `queue_size` < 0, `sync_in` is neither
             `"thread"` nor `"process"`, `timeout` or `rate_limit` is not > 0,
             `rate_burst` < 1, or `rate_burst` is given without `rate_limit`.
     """
@@ -149,7 +150,7 @@ class Dispatcher:
         rate_limit: float | None = None,
         rate_burst: int | None = None,
     ) -> None:
-        _check_int("workers", workers, 1)
+        check_workers(workers)
         _check_int("queue_size", queue_size, 0)
         if not isinstance(fail_fast, bool):
             raise TypeError(f"fail_fast must be a bool, got {fail_fast!r}")
@@ -166,10 +167,21 @@ class Dispatcher:
                 raise TypeError(
                     f"rate_limit must be a number of starts per second, got {rate_limit!r}"
                 )
-            if not (rate_limit > 0 and math.isfinite(rate_limit)):
-                raise ValueError(f"rate_limit must be > 0 starts per second, got {rate_limit}")
+            # An int too large for a float is as infinite as inf: refused too.
+            rate = as_float(rate_limit)
+            if not (rate > 0 and math.isfinite(rate)):
+                raise ValueError(
+                    "rate_limit must be a finite number of starts per second > 0, "
+                    f"got {shown(rate_limit)}"
+                )
         if rate_burst is not None:
             _check_int("rate_burst", rate_burst, 1)
+            # The token bucket counts in floats: a burst that no float holds
+            # would fill it with inf tokens, and turn the rate limit off.
+            if math.isinf(as_float(rate_burst)):
+                raise ValueError(
+                    f"rate_burst must be a finite number of starts, got {shown(rate_burst)}"
+                )
             if rate_limit is None:
                 raise ValueError("rate_burst needs rate_limit (the burst of a rate limit)")
         self._name = name
@@ -178,7 +190,7 @@ class Dispatcher:
         self._queue_size = queue_size
         bucket = None
         if rate_limit is not None:
-            bucket = TokenBucket(float(rate_limit), 1 if rate_burst is None else rate_burst)
+            bucket = TokenBucket(rate, 1 if rate_burst is None else rate_burst)
         self._executors = Executors(workers, sync_in)
         self._core = Core(
             workers,
@@ -266,6 +278,10 @@ class Dispatcher:
         """The error a submit gets now that the dispatcher does not accept jobs."""
         return self._lifecycle.closed_error()
 
+    def _cut_short(self, handle: JobHandle[Any]) -> None:
+        """A map cut short by a cancellation drops `handle`: list it in the next report."""
+        self._core.cut_short(handle)
+
     def _report(self, handle: JobHandle[Any], exc: BaseException) -> None:
         """Report a failure nobody will see otherwise (`on_error`, or the log)."""
         self._core.reporter.report(handle, exc)
@@ -318,7 +334,8 @@ class Dispatcher:
                 before cancelling what is left; None waits as long as it takes.
 
         When it returns, every handle is in a final state and no task of the
-        dispatcher is running. Calling it again, or on a dispatcher that never
+        dispatcher is running, but for the worker of a job it abandoned (see
+        below: a deadline is a deadline). Calling it again, or on a dispatcher that never
         started, is harmless. If the caller is cancelled while waiting, the
         remaining jobs are cancelled, their tasks are waited for, and the
         cancellation propagates.
@@ -363,10 +380,11 @@ class Dispatcher:
 
         Raises:
             TypeError: `workers` is not an int.
-            ValueError: `workers` < 1.
+            ValueError: `workers` < 1, or more than `MAX_WORKERS` (1,000,000),
+                checked before a single worker is made.
             DispatcherClosed: the dispatcher is not running.
         """
-        size = _check_int("workers", workers, 1)
+        size = check_workers(workers)
         state = self._lifecycle.state
         if state is not State.RUNNING or not self._core.can_spawn():
             raise DispatcherClosed(f"cannot resize: {self._title} is {state.value}")
@@ -374,7 +392,7 @@ class Dispatcher:
         self._size = size
         self._executors.resize(size)
         if size > old:
-            self._core.grow(size, self._title)
+            self._core.grow(size)
         elif size < old:
             self._core.shrink(size)
 
@@ -406,7 +424,7 @@ class Dispatcher:
           `process`). `submit` looks `process` up to decide where it runs,
           and an async one may be looked up again when the job starts, so
           do not replace a Job's `process` after submitting it;
-        * a coroutine function and its arguments: `submit(fetch, url, retries=3)`;
+        * a coroutine function and its arguments: `submit(fetch, url, max_redirects=3)`;
         * a sync callable and its arguments: it runs in a worker thread;
         * a coroutine object: `submit(fetch(url))`. It runs once.
 
@@ -495,6 +513,7 @@ class Dispatcher:
         ordered: bool = True,
         window: int | None = None,
         return_exceptions: bool = False,
+        with_items: bool = False,
         **job_options: Any,
     ) -> AsyncGenerator[Any, None]:
         """Run `fn(item)` as a job for each item of `iterable`; yield the results.
@@ -539,6 +558,10 @@ class Dispatcher:
                 at its position and the map ends. If True, it is yielded in
                 place of the result (an `asyncio.CancelledError` instance for
                 a cancelled job) and the map goes on.
+            with_items: If True, yield `(item, outcome)` pairs instead of
+                bare outcomes, so that each result (or, with
+                `return_exceptions=True`, each exception) comes with the item
+                it was made from, in whatever order.
             **job_options: Per-job options (`timeout`, `retry`, `priority`,
                 `key`) applied to every job, as `submit` takes them; they are
                 checked by the call itself, and any other name is a
@@ -546,13 +569,23 @@ class Dispatcher:
 
         Yields:
             Each job's result, or with `return_exceptions=True` its exception,
-            in input order (`ordered=True`) or in finishing order.
+            in input order (`ordered=True`) or in finishing order; with
+            `with_items=True`, each as an `(item, outcome)` pair.
+
+        A map cut short by a cancellation of the task iterating it (a
+        deadline, Ctrl+C) cancels the jobs it has in flight as a shutdown
+        does: they are listed in the dispatcher's next `ShutdownReport`
+        (`never_started` or `interrupted`; `undelivered` for jobs that had
+        finished but were not yielded yet), and each handle's `args[0]` is
+        its item, so you know what to resume. Items the map has not read yet
+        are still in your input.
 
         Raises:
             TypeError: `fn` is not callable, `iterable` is neither iterable
                 nor async iterable, `ordered` or `return_exceptions` is not a
-                bool, `window` is not an int, or a job option is unknown or
-                has the wrong type (raised by the call itself).
+                bool, `window` is not an int, `with_items` is not a bool, or a
+                job option is unknown or has the wrong type (raised by the
+                call itself).
             ValueError: `window` < 1, or a job option has a wrong value
                 (raised by the call itself).
             DispatcherClosed: the dispatcher is not running when iteration
@@ -580,6 +613,7 @@ class Dispatcher:
             ordered=ordered,
             window=window,
             return_exceptions=return_exceptions,
+            with_items=with_items,
             job_options=job_options,
         )
 

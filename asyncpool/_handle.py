@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextvars import Context
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._job import JOB_ON_LOOP, JobState
@@ -15,6 +17,9 @@ if TYPE_CHECKING:
 __all__ = ("JobHandle",)
 
 T = TypeVar("T")
+
+_future_add_done_callback = asyncio.Future.add_done_callback
+_QUEUED = JobState.QUEUED
 
 
 class JobHandle(asyncio.Future[T], Generic[T]):
@@ -187,6 +192,22 @@ class JobHandle(asyncio.Future[T], Generic[T]):
             assert task is not None  # a running job has its worker's task
             task.cancel(msg)
         return True
+
+    def add_done_callback(
+        self, fn: Callable[[JobHandle[T]], object], /, *, context: Context | None = None
+    ) -> None:
+        """As for any future; also how a job that waits for a job of its own dispatcher is seen.
+
+        A task awaiting a handle that is not done registers its wake-up here.
+        When that task is a worker running a job, and this job has not
+        started yet, the dispatcher counts the worker as waiting for its own
+        pool: if every worker waits so, the pool lends a spare worker, so
+        that fork/join jobs (a job awaiting the jobs it submitted) never
+        deadlock the pool. Done handles never get here when awaited.
+        """
+        _future_add_done_callback(self, fn, context=context)
+        if self._job_state is _QUEUED:
+            self._owner.waiting_on_queued(self)
 
     def set_result(self, result: Any, /) -> None:
         """Not for users: the dispatcher sets a handle's outcome.

@@ -18,6 +18,7 @@ import logging
 import math
 
 from ._dispatcher import Dispatcher
+from ._retry import as_float, shown
 from ._stats import ShutdownReport
 
 __all__ = ("check_grace", "log_shutdown")
@@ -37,18 +38,21 @@ def check_grace(grace: object) -> float | None:
 
     Raises:
         TypeError: `grace` is not a number (a bool is not one) nor None.
-        ValueError: `grace` is negative, infinite or NaN.
+        ValueError: `grace` is negative, infinite (an int too large for a
+            float included) or NaN.
     """
     if grace is None:
         return None
     if isinstance(grace, bool) or not isinstance(grace, (int, float)):
         raise TypeError(f"grace must be a number of seconds or None, got {grace!r}")
-    if not math.isfinite(grace) or grace < 0:
+    # An int too large for a float is as infinite as inf: refused too.
+    seconds = as_float(grace)
+    if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(
             "grace must be a finite number of seconds >= 0 (or None to wait for every job), "
-            f"got {grace}"
+            f"got {shown(grace)}"
         )
-    return float(grace)
+    return seconds
 
 
 def log_shutdown(dispatcher: Dispatcher, report: ShutdownReport, grace: float | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from types import FunctionType, MethodType
@@ -19,6 +20,8 @@ __all__ = ("AsyncJob", "Job", "JobState", "SyncJob")
 T_co = TypeVar("T_co", covariant=True)
 
 _CO_COROUTINE = inspect.CO_COROUTINE
+_CO_GENERATOR = inspect.CO_GENERATOR
+_CO_ASYNC_GENERATOR = inspect.CO_ASYNC_GENERATOR
 
 
 class JobState(enum.Enum):
@@ -114,6 +117,47 @@ def _is_async_callable(fn: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+# What a job that is a generator function is told to do instead (`classify`).
+_ONE_RESULT = {
+    "generator": "a job returns one result; return a list instead, or use dispatcher.map() "
+    "to run one job per item",
+    "async generator": "a job returns one result; to stream results, iterate it inside an "
+    "async def job, or use dispatcher.map()",
+}
+
+
+def _generator_function(fn: object) -> tuple[str, FunctionType] | None:
+    """`("generator" or "async generator", the function)` if calling `fn` makes a generator.
+
+    Calling a generator function runs none of its body: it returns a
+    generator, which a worker can neither await nor take as a result. Sees
+    through bound methods and `functools.partial`, and looks at the
+    `__call__` of an instance. Read from the code flags, not with `inspect`
+    (whose checks made `classify` several times slower): `classify` runs for
+    every blocking job submitted.
+    """
+    func = fn
+    while True:
+        if type(func) is MethodType:
+            func = func.__func__
+        elif isinstance(func, functools.partial):
+            func = func.func
+        else:
+            break
+    if type(func) is not FunctionType:
+        # An instance whose class defines `__call__` (for anything else,
+        # a builtin or a class, this finds a slot wrapper: not a function).
+        func = getattr(type(func), "__call__", None)  # noqa: B004 - the method, not callable()
+        if type(func) is not FunctionType:
+            return None
+    flags = func.__code__.co_flags
+    if flags & _CO_ASYNC_GENERATOR:
+        return "async generator", func
+    if flags & _CO_GENERATOR:
+        return "generator", func
+    return None
+
+
 def name_of(fn: object) -> str:
     """A function's qualified name, for messages."""
     return getattr(fn, "__qualname__", None) or repr(fn)
@@ -138,7 +182,9 @@ def classify(
 
     Raises:
         TypeError: `target` is not a job, a callable or a coroutine object, or
-            arguments were given with a job object or a coroutine object.
+            arguments were given with a job object or a coroutine object, or
+            it (or a Job's `process`) is a generator or async generator
+            function, which returns a generator instead of running.
     """
     if inspect.iscoroutine(target):
         state = inspect.getcoroutinestate(target)
@@ -167,7 +213,16 @@ def classify(
                 f"submit() got a Job ({type(target).__name__}) and extra arguments; "
                 "a Job carries its own data: set it on the object instead"
             )
-        return (ON_LOOP if _is_async_callable(process) else IN_THREAD), process
+        if _is_async_callable(process):
+            return ON_LOOP, process
+        generator = _generator_function(process)
+        if generator is not None:
+            kind = generator[0]
+            raise TypeError(
+                f"submit() got a Job ({type(target).__name__}) whose process() is "
+                f"{'an' if kind[0] == 'a' else 'a'} {kind} function: {_ONE_RESULT[kind]}"
+            )
+        return IN_THREAD, process
     if isinstance(target, type) and hasattr(target, "process"):
         raise TypeError(
             f"submit() got the class {target.__name__}, not an instance: "
@@ -179,7 +234,19 @@ def classify(
             "object; it is already scheduled elsewhere: await it directly"
         )
     if callable(target):
-        return (ON_LOOP if _is_async_callable(target) else IN_THREAD), target
+        if _is_async_callable(target):
+            return ON_LOOP, target
+        # A generator function is callable, but a call to it runs none of
+        # its body: a plain one would fail in the worker as an "awaitable",
+        # an async one would "succeed" with an unstarted generator. (Checked
+        # here, after the coroutine test: a coroutine function is never one.)
+        generator = _generator_function(target)
+        if generator is not None:
+            kind, function = generator
+            raise TypeError(
+                f"submit() got the {kind} function {name_of(function)}: {_ONE_RESULT[kind]}"
+            )
+        return IN_THREAD, target
     raise TypeError(
         f"submit() takes a Job (an object with a process() method), a coroutine "
         f"function or a callable with its arguments, or a coroutine object; "

@@ -10,6 +10,7 @@ dispatcher nobody joins pays one comparison.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,23 +33,28 @@ class _Waiter:
 class JoinWaiters:
     """The `join()` calls waiting now."""
 
-    __slots__ = ("horizon", "_waiters")
+    __slots__ = ("horizon", "_waiters", "_publish")
 
-    def __init__(self) -> None:
+    def __init__(self, publish: Callable[[int], None]) -> None:
         self.horizon = 0
         """The largest horizon of any waiter; 0 when nobody waits."""
         self._waiters: list[_Waiter] = []
+        # Told the horizon whenever it changes: the core keeps a copy it can
+        # read per job without a second attribute lookup.
+        self._publish = publish
 
     async def wait(self, horizon: int, unfinished: int) -> None:
         """Wait until the `unfinished` jobs numbered up to `horizon` have ended."""
         waiter = _Waiter(horizon, unfinished, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         self.horizon = max(self.horizon, horizon)
+        self._publish(self.horizon)
         try:
             await waiter.future
         finally:
             self._waiters.remove(waiter)
             self.horizon = max((w.horizon for w in self._waiters), default=0)
+            self._publish(self.horizon)
 
     def count(self, handle: JobHandle[Any]) -> None:
         """A job within the horizon has ended: count it down for each waiter it concerns."""

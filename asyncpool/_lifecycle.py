@@ -308,6 +308,7 @@ class Lifecycle:
                 sorted((h for h in casualties.interrupted if h.cancelled()), key=_by_id)
             ),
             abandoned=tuple(sorted(casualties.abandoned, key=_by_id)),
+            undelivered=tuple(sorted(casualties.undelivered, key=_by_id)),
         )
         self.shutdown_report = report
         return report

@@ -42,6 +42,7 @@ def map_results(
     ordered: bool,
     window: int | None,
     return_exceptions: bool,
+    with_items: bool,
     job_options: dict[str, Any],
 ) -> AsyncGenerator[Any, None]:
     """Validate the arguments now, then return the generator of results.
@@ -53,8 +54,8 @@ def map_results(
 
     Raises:
         TypeError: `fn` is not callable, `iterable` is neither an iterable
-            nor an async iterable, `ordered` or `return_exceptions` is not a
-            bool, or `window` is neither None nor an int.
+            nor an async iterable, `ordered`, `return_exceptions` or
+            `with_items` is not a bool, or `window` is neither None nor an int.
         ValueError: `window` < 1.
     """
     if not callable(fn):
@@ -68,6 +69,8 @@ def map_results(
         raise TypeError(f"map() ordered must be a bool, got {ordered!r}")
     if not isinstance(return_exceptions, bool):
         raise TypeError(f"map() return_exceptions must be a bool, got {return_exceptions!r}")
+    if not isinstance(with_items, bool):
+        raise TypeError(f"map() with_items must be a bool, got {with_items!r}")
     if window is not None:
         if isinstance(window, bool) or not isinstance(window, int):
             raise TypeError(
@@ -75,7 +78,9 @@ def map_results(
             )
         if window < 1:
             raise ValueError(f"map() window must be >= 1, got {window}")
-    return _map(dispatcher, fn, iterable, ordered, window, return_exceptions, job_options)
+    return _map(
+        dispatcher, fn, iterable, ordered, window, return_exceptions, with_items, job_options
+    )
 
 
 async def _map(
@@ -85,6 +90,7 @@ async def _map(
     ordered: bool,
     window: int | None,
     return_exceptions: bool,
+    with_items: bool,
     job_options: dict[str, Any],
 ) -> AsyncGenerator[Any, None]:
     if not dispatcher.running:
@@ -121,7 +127,15 @@ async def _map(
             # A failure is raised here, at its position (the `finally` then
             # cancels the rest). No local keeps the handle while suspended,
             # so a result the consumer drops is freed.
-            yield _take(await in_flight.next_done(), return_exceptions)
+            if with_items:
+                done = await in_flight.next_done()
+                outcome = _take(done, return_exceptions)
+                item = done.args[0]  # the job is fn(item)
+                del done
+                yield item, outcome
+                del item, outcome
+            else:
+                yield _take(await in_flight.next_done(), return_exceptions)
     finally:
         await _abandon(dispatcher, in_flight.outstanding())
 
@@ -145,6 +159,14 @@ def _take(handle: JobHandle[Any], return_exceptions: bool) -> Any:
 async def _abandon(dispatcher: MapHost, handles: list[JobHandle[Any]]) -> None:
     """Cancel the jobs whose results nobody will take, and wait until all have ended.
 
+    A map cut short by a cancellation of its consumer (a deadline, Ctrl+C)
+    did not choose to drop these jobs: they are cancelled the way a shutdown
+    cancels, and listed in the dispatcher's next `ShutdownReport`
+    (`never_started` or `interrupted`; `undelivered` for those that had
+    finished but were not yielded), whose handles' `args` say which items
+    to resume. A consumer that stops on purpose (`break`, `aclose()`)
+    drops them without a record.
+
     A failure among them (a job that failed before or while being cancelled)
     is reported through the dispatcher: the consumer will never see it, and
     the map's done callback kept the dispatcher from reporting it when it
@@ -153,8 +175,13 @@ async def _abandon(dispatcher: MapHost, handles: list[JobHandle[Any]]) -> None:
     """
     if not handles:
         return
+    task = asyncio.current_task()
+    cut_short = task is not None and task.cancelling() > 0
     for handle in handles:
-        handle.cancel()
+        if cut_short:
+            dispatcher._cut_short(handle)
+        else:
+            handle.cancel()
     cancelled: asyncio.CancelledError | None = None
     pending = [handle for handle in handles if not handle.done()]
     while pending:

@@ -3,7 +3,8 @@
 Each says what one collaborator may call on another, and nothing more:
 
 * `HandleOwner`: what a `JobHandle` may ask of the core that owns its job
-  (cancel it while it is queued; name the dispatcher);
+  (cancel it while it is queued; say that a task waits for it while it is
+  queued; name the dispatcher);
 * `MapHost`: what `map` and `as_completed` may ask of a dispatcher (two of
   its calls are private to the package, hence their underscores);
 * `JobObserver`: what a job source (a broker consumer) is told about each
@@ -37,6 +38,10 @@ class HandleOwner(Protocol):
         """Cancel a job that has not started (or waits to be retried): it never runs."""
         ...
 
+    def waiting_on_queued(self, handle: JobHandle[Any]) -> None:
+        """The current task starts waiting for `handle`, a job that has not started."""
+        ...
+
 
 class MapHost(Protocol):
     """A dispatcher, as `map` sees it."""
@@ -51,6 +56,10 @@ class MapHost(Protocol):
 
     def _closed_error(self) -> DispatcherClosed:
         """The error `submit` raises now that the dispatcher does not accept jobs."""
+        ...
+
+    def _cut_short(self, handle: JobHandle[Any]) -> None:
+        """A map cut short by a cancellation drops `handle`: list it in the next report."""
         ...
 
     def _report(self, handle: JobHandle[Any], exc: BaseException) -> None:

@@ -1,4 +1,10 @@
-"""`Retry`: the policy that decides whether a failed job runs again, and when."""
+"""`Retry`: the policy that decides whether a failed job runs again, and when.
+
+It also owns the one rule for a number that may be an int too large for a
+float (`as_float`, `shown`): `Retry`'s checks use it, and so do the checks of
+time limits and rates (asyncpool._options, the dispatcher), which import it
+from here because this layer imports nothing of asyncpool's.
+"""
 
 from __future__ import annotations
 
@@ -65,12 +71,11 @@ class Retry:
         _check_int("attempts", self.attempts, 1)
         _check_seconds("backoff", self.backoff)
         _check_seconds("backoff_max", self.backoff_max)
-        _check_number("multiplier", self.multiplier)
-        if self.multiplier < 1:
-            raise ValueError(f"Retry multiplier must be >= 1, got {self.multiplier}")
-        _check_number("jitter", self.jitter)
-        if not 0 <= self.jitter <= 1:
-            raise ValueError(f"Retry jitter must be between 0 and 1, got {self.jitter}")
+        # An int too large for a float is a multiplier of inf, which is allowed.
+        if _check_number("multiplier", self.multiplier) < 1:
+            raise ValueError(f"Retry multiplier must be >= 1, got {shown(self.multiplier)}")
+        if not 0 <= _check_number("jitter", self.jitter) <= 1:
+            raise ValueError(f"Retry jitter must be between 0 and 1, got {shown(self.jitter)}")
         on = self.on
         if isinstance(on, tuple):
             bad = [t for t in on if not (isinstance(t, type) and issubclass(t, BaseException))]
@@ -79,7 +84,16 @@ class Retry:
                     "Retry on= must be an exception type, a non-empty tuple of exception "
                     f"types, or a predicate; got {on!r}"
                 )
-        elif not (isinstance(on, type) and issubclass(on, BaseException)) and not callable(on):
+        elif isinstance(on, type):
+            # A class is callable, but as a predicate it would build an instance
+            # (always true, or an error): `on=int` is a mistake, not a predicate.
+            if not issubclass(on, BaseException):
+                raise TypeError(
+                    "Retry on= must be an exception type, a tuple of exception types, "
+                    f"or a predicate; got the class {on.__name__}, which is not an "
+                    "exception type"
+                )
+        elif not callable(on):
             raise TypeError(
                 "Retry on= must be an exception type, a tuple of exception types, "
                 f"or a predicate; got {on!r}"
@@ -98,13 +112,26 @@ class Retry:
         return bool(on(exc))
 
     def delay(self, failures: int) -> float:
-        """The wait, in seconds, after `failures` failed tries (>= 1), jitter included."""
+        """The wait, in seconds, after `failures` failed tries (>= 1), jitter included.
+
+        It is never NaN: it lies between 0 and `backoff_max`, and is 0 for
+        every try when `backoff` is 0.
+        """
+        # Checked finite, so float() works; the multiplier may be inf.
+        backoff = float(self.backoff)
+        if backoff == 0:
+            # Not 0 * growth: with an infinite multiplier that is NaN, and
+            # min() would then pick backoff_max.
+            return 0.0
         try:
-            wait = self.backoff * self.multiplier ** (failures - 1)
+            # A float power: it overflows at once (an int one would grow for ever).
+            wait = backoff * as_float(self.multiplier) ** (failures - 1)
         except OverflowError:
             wait = math.inf
-        wait = min(self.backoff_max, wait)
+        # backoff > 0 and growth >= 1 (inf ** 0 is 1): wait is >= backoff, never NaN.
+        wait = min(float(self.backoff_max), wait)
         if self.jitter:
+            # jitter * random() is in [0, 1): the cut never exceeds the wait.
             wait -= wait * self.jitter * random.random()
         return wait
 
@@ -116,15 +143,48 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"Retry {name} must be >= {minimum}, got {value}")
 
 
-def _check_number(name: str, value: object) -> None:
+def _check_number(name: str, value: object) -> float:
+    """`value` as a float (see `as_float`), once it is a number and not NaN."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"Retry {name} must be a number, got {value!r}")
-    if math.isnan(value):
+    number = as_float(value)
+    if math.isnan(number):
         raise ValueError(f"Retry {name} must be a number, got nan")
+    return number
 
 
 def _check_seconds(name: str, value: object) -> None:
-    _check_number(name, value)
-    assert isinstance(value, (int, float))
-    if value < 0 or math.isinf(value):
-        raise ValueError(f"Retry {name} must be a finite number of seconds >= 0, got {value}")
+    seconds = _check_number(name, value)
+    if seconds < 0 or math.isinf(seconds):
+        raise ValueError(
+            f"Retry {name} must be a finite number of seconds >= 0, got {shown(value)}"
+        )
+
+
+def as_float(value: float) -> float:
+    """A number (an int or a float) as a float; an int too large for one is inf or -inf.
+
+    `float()` (and `math.isnan`, `math.isfinite`) raise OverflowError for an
+    int beyond about 1.8e308. Every check of a number of seconds, a rate or
+    a multiplier converts through here first, so that such an int counts as
+    infinite: where inf is accepted (a time limit, a multiplier) it means
+    the same; where a finite number is needed (a backoff, a rate) it is
+    refused with the check's own message. Never a bare OverflowError.
+    """
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def shown(value: object) -> str:
+    """`value` as an error message shows it: as `str()` does, but an int too large
+    for a float is described, not printed (it may be thousands of digits long, too
+    long even for `str()`, which refuses ints of more than 4300 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            sign = "a negative" if value < 0 else "an"
+            return f"{sign} int too large for a float"
+    return str(value)

@@ -358,26 +358,12 @@ class MapSignature(Protocol):
         ordered: bool = ...,
         window: int | None = ...,
         return_exceptions: Literal[False] = ...,
+        with_items: Literal[False] = ...,
         timeout: float | None = ...,
         retry: Retry | None = ...,
         priority: int = ...,
         key: Hashable | None = ...,
     ) -> AsyncGenerator[T, None]: ...
-    @overload
-    def __call__(
-        self,
-        fn: Callable[[A], Coroutine[Any, Any, T]],
-        iterable: Iterable[A] | AsyncIterable[A],
-        /,
-        *,
-        ordered: bool = ...,
-        window: int | None = ...,
-        return_exceptions: Literal[True],
-        timeout: float | None = ...,
-        retry: Retry | None = ...,
-        priority: int = ...,
-        key: Hashable | None = ...,
-    ) -> AsyncGenerator[T | BaseException, None]: ...
     @overload
     def __call__(
         self,
@@ -388,11 +374,28 @@ class MapSignature(Protocol):
         ordered: bool = ...,
         window: int | None = ...,
         return_exceptions: Literal[False] = ...,
+        with_items: Literal[False] = ...,
         timeout: float | None = ...,
         retry: Retry | None = ...,
         priority: int = ...,
         key: Hashable | None = ...,
     ) -> AsyncGenerator[T, None]: ...
+    @overload
+    def __call__(
+        self,
+        fn: Callable[[A], Coroutine[Any, Any, T]],
+        iterable: Iterable[A] | AsyncIterable[A],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        return_exceptions: Literal[True],
+        with_items: Literal[False] = ...,
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> AsyncGenerator[T | BaseException, None]: ...
     @overload
     def __call__(
         self,
@@ -403,6 +406,7 @@ class MapSignature(Protocol):
         ordered: bool = ...,
         window: int | None = ...,
         return_exceptions: Literal[True],
+        with_items: Literal[False] = ...,
         timeout: float | None = ...,
         retry: Retry | None = ...,
         priority: int = ...,
@@ -418,6 +422,7 @@ class MapSignature(Protocol):
         ordered: bool = ...,
         window: int | None = ...,
         return_exceptions: bool,
+        with_items: Literal[False] = ...,
         timeout: float | None = ...,
         retry: Retry | None = ...,
         priority: int = ...,
@@ -433,8 +438,105 @@ class MapSignature(Protocol):
         ordered: bool = ...,
         window: int | None = ...,
         return_exceptions: bool,
+        with_items: Literal[False] = ...,
         timeout: float | None = ...,
         retry: Retry | None = ...,
         priority: int = ...,
         key: Hashable | None = ...,
     ) -> AsyncGenerator[T | BaseException, None]: ...
+    @overload
+    def __call__(
+        self,
+        fn: Callable[[A], Coroutine[Any, Any, T]],
+        iterable: Iterable[A] | AsyncIterable[A],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        return_exceptions: Literal[False] = ...,
+        with_items: Literal[True],
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> AsyncGenerator[tuple[A, T], None]: ...
+    @overload
+    def __call__(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A] | AsyncIterable[A],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        return_exceptions: Literal[False] = ...,
+        with_items: Literal[True],
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> AsyncGenerator[tuple[A, T], None]: ...
+    @overload
+    def __call__(
+        self,
+        fn: Callable[[A], Coroutine[Any, Any, T]],
+        iterable: Iterable[A] | AsyncIterable[A],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        return_exceptions: Literal[True],
+        with_items: Literal[True],
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> AsyncGenerator[tuple[A, T | BaseException], None]: ...
+    @overload
+    def __call__(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A] | AsyncIterable[A],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        return_exceptions: Literal[True],
+        with_items: Literal[True],
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> AsyncGenerator[tuple[A, T | BaseException], None]: ...
+    @overload
+    def __call__(
+        self,
+        fn: Callable[[A], Coroutine[Any, Any, T]],
+        iterable: Iterable[A] | AsyncIterable[A],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        return_exceptions: bool,
+        with_items: Literal[True],
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> AsyncGenerator[tuple[A, T | BaseException], None]: ...
+    @overload
+    def __call__(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A] | AsyncIterable[A],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        return_exceptions: bool,
+        with_items: Literal[True],
+        timeout: float | None = ...,
+        retry: Retry | None = ...,
+        priority: int = ...,
+        key: Hashable | None = ...,
+    ) -> AsyncGenerator[tuple[A, T | BaseException], None]: ...

@@ -110,7 +110,11 @@ class ShutdownReport:
 
     `Dispatcher.close()` returns one (and `Dispatcher.shutdown_report` keeps
     it). It lists only the jobs that the shutdown itself cancelled: jobs a
-    caller cancelled earlier, and jobs that finished, are not in it.
+    caller cancelled earlier, and jobs that finished, are not in it. A `map`
+    cut short by a cancellation (a deadline, Ctrl+C) counts as a shutdown of
+    its own jobs: the ones it cancelled are listed here too, and the ones
+    that had finished but whose results it never yielded are in
+    `undelivered`.
 
     Attributes:
         never_started: Jobs that were still queued: they never ran. Their
@@ -122,11 +126,15 @@ class ShutdownReport:
         abandoned: Jobs among `interrupted` that had not stopped when
             `close(timeout=...)` gave up waiting for them: they ignore
             cancellation and were still running when `close()` returned.
+        undelivered: Jobs that finished (succeeded or failed) for a `map`
+            that was cut short before it yielded their outcome: their
+            handles hold it, and their `args[0]` is the map's item.
     """
 
     never_started: tuple[JobHandle[Any], ...] = ()
     interrupted: tuple[JobHandle[Any], ...] = ()
     abandoned: tuple[JobHandle[Any], ...] = ()
+    undelivered: tuple[JobHandle[Any], ...] = ()
 
     @property
     def unfinished(self) -> tuple[JobHandle[Any], ...]:
@@ -138,6 +146,8 @@ class ShutdownReport:
 
     def __repr__(self) -> str:
         abandoned = f" abandoned={len(self.abandoned)}" if self.abandoned else ""
+        if self.undelivered:
+            abandoned += f" undelivered={len(self.undelivered)}"
         return (
             f"<ShutdownReport never_started={len(self.never_started)} "
             f"interrupted={len(self.interrupted)}{abandoned}>"
@@ -147,9 +157,10 @@ class ShutdownReport:
 class Casualties(Generic[J]):
     """The jobs a shutdown cancelled, gathered as it goes, for its `ShutdownReport`."""
 
-    __slots__ = ("never_started", "interrupted", "abandoned")
+    __slots__ = ("never_started", "interrupted", "abandoned", "undelivered")
 
     def __init__(self) -> None:
         self.never_started: list[J] = []
         self.interrupted: list[J] = []
         self.abandoned: list[J] = []
+        self.undelivered: list[J] = []

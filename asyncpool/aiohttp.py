@@ -39,7 +39,15 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Final, ParamSpec, TypeVar, overload
 
-from aiohttp import web
+try:
+    from aiohttp import web
+except ModuleNotFoundError as exc:
+    # The bare error ("No module named 'aiohttp'") does not say that an
+    # extra of asyncpool brings it.
+    raise ModuleNotFoundError(
+        f"asyncpool.aiohttp needs aiohttp ({exc}): pip install 'asyncpool-dispatch[aiohttp]'",
+        name=exc.name,
+    ) from exc
 
 from ._dispatcher import Dispatcher
 from ._handle import JobHandle

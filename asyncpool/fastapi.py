@@ -1,6 +1,6 @@
 """FastAPI and Starlette integration: one `Dispatcher` that lives as long as the application.
 
-This module owns three things:
+This module owns four things:
 
 * the lifespan (`lifespan`, `dispatcher_lifespan`): it starts a dispatcher
   with the application, keeps it at `app.state.asyncpool_dispatcher`, and at
@@ -10,7 +10,10 @@ This module owns three things:
   application's dispatcher, or says how to install the lifespan;
 * `BackgroundTasks`: a drop-in for FastAPI's `BackgroundTasks` whose tasks
   are submitted to the dispatcher once the response is sent
-  (`PoolBackgroundTasks` is the class behind it).
+  (`PoolBackgroundTasks` is the class behind it);
+* `shutting_down`: a notice that the server has begun to shut down, for
+  streaming endpoints, so that a client following a job does not hold the
+  server past the grace period.
 
 The shape is aiojobs' aiohttp integration, done with Starlette's lifespan: a
 setup that ties the pool's life to the application's, one documented place
@@ -22,18 +25,32 @@ where the pool is kept, and a getter whose error names the fix.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+import signal
+import threading
+import types
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any, Final, ParamSpec, TypeAlias, TypeVar, overload
 
-from fastapi import Depends
-from starlette.applications import Starlette
-from starlette.background import BackgroundTask
-from starlette.background import BackgroundTasks as StarletteBackgroundTasks
-from starlette.requests import HTTPConnection, Request
+try:
+    from fastapi import Depends
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.background import BackgroundTasks as StarletteBackgroundTasks
+    from starlette.requests import HTTPConnection, Request
+except ModuleNotFoundError as exc:
+    # The bare error ("No module named 'fastapi'") does not say that an
+    # extra of asyncpool brings it.
+    raise ModuleNotFoundError(
+        f"asyncpool.fastapi needs FastAPI and Starlette ({exc}): "
+        "pip install 'asyncpool-dispatch[fastapi]'",
+        name=exc.name,
+    ) from exc
 
 from ._dispatcher import RESERVED_OPTIONS, Dispatcher
 from ._handle import JobHandle
@@ -48,6 +65,7 @@ __all__ = (
     "dispatcher_lifespan",
     "get_dispatcher",
     "lifespan",
+    "shutting_down",
 )
 
 logger = logging.getLogger("asyncpool")
@@ -78,6 +96,7 @@ async def lifespan(
     workers: int = 8,
     queue_size: int = 1024,
     grace: float | None = DEFAULT_GRACE,
+    watch_signals: bool = True,
     **dispatcher_options: Any,
 ) -> AsyncIterator[None]:
     """Run a `Dispatcher` for as long as the application runs.
@@ -91,6 +110,14 @@ async def lifespan(
     after a summary line with the counts (see `dispatcher_lifespan`). The
     closed dispatcher stays on `app.state`, so that a late request gets a
     `DispatcherClosed` that says so.
+
+    It also tells requests when the server begins to shut down, through
+    `shutting_down`: at the latest when its exit begins, and with
+    `watch_signals` as soon as the server receives SIGINT or SIGTERM, before
+    the server waits for the open connections to finish. A streaming
+    response that waits for that can end its stream, so that the server gets
+    to the lifespan's shutdown (and the grace period) instead of waiting for
+    the stream's job.
 
     Use it as the application's lifespan, with `functools.partial` for the
     options, or enter it from your own lifespan:
@@ -112,6 +139,15 @@ async def lifespan(
         grace: Seconds that queued and running jobs get to finish at
             shutdown, a finite number >= 0; 0 cancels them at once; None
             waits as long as they take.
+        watch_signals: Whether to put a handler in front of the server's
+            own SIGINT and SIGTERM handlers while the application runs,
+            which marks the start of the shutdown for `shutting_down` and
+            then calls the server's handler. Only in the main thread, and
+            only in front of a handler installed from Python (uvicorn's, for
+            one): a signal that nobody handles is left alone. The server's
+            handlers are put back when the lifespan exits. False leaves the
+            signals alone; `shutting_down` then starts with the lifespan's
+            exit.
         **dispatcher_options: Any other `Dispatcher` argument (`on_error`,
             `name`, ...).
 
@@ -125,6 +161,7 @@ async def lifespan(
         ValueError: an argument is out of range.
     """
     grace = check_grace(grace)
+    _check_watch_signals(watch_signals)
     state = app.state
     existing = getattr(state, STATE_ATTRIBUTE, None)
     if isinstance(existing, Dispatcher) and not existing.closed:
@@ -134,11 +171,18 @@ async def lifespan(
         )
     dispatcher = Dispatcher(workers, queue_size=queue_size, **dispatcher_options)
     await dispatcher.start()
+    notice = _ShutdownNotice(asyncio.get_running_loop())
     setattr(state, STATE_ATTRIBUTE, dispatcher)
-    try:
-        yield
-    finally:
-        await _shut_down(dispatcher, grace)
+    setattr(state, _NOTICE_ATTRIBUTE, notice)
+    with _notice_on_exit_signals(notice) if watch_signals else contextlib.nullcontext():
+        try:
+            yield
+        finally:
+            # For a server that runs the lifespan's shutdown with requests
+            # still open (one that gave up waiting for them, or was not
+            # signalled), or when the signals are not watched.
+            notice.start()
+            await _shut_down(dispatcher, grace)
 
 
 @overload
@@ -149,6 +193,7 @@ def dispatcher_lifespan(
     workers: int = 8,
     queue_size: int = 1024,
     grace: float | None = DEFAULT_GRACE,
+    watch_signals: bool = True,
     **dispatcher_options: Any,
 ) -> Callable[[Starlette], AbstractAsyncContextManager[None]]: ...
 @overload
@@ -159,6 +204,7 @@ def dispatcher_lifespan(
     workers: int = 8,
     queue_size: int = 1024,
     grace: float | None = DEFAULT_GRACE,
+    watch_signals: bool = True,
     **dispatcher_options: Any,
 ) -> Callable[[AppT], AbstractAsyncContextManager[StateT]]: ...
 def dispatcher_lifespan(
@@ -168,6 +214,7 @@ def dispatcher_lifespan(
     workers: int = 8,
     queue_size: int = 1024,
     grace: float | None = DEFAULT_GRACE,
+    watch_signals: bool = True,
     **dispatcher_options: Any,
 ) -> Callable[[Any], AbstractAsyncContextManager[Any]]:
     """Make a lifespan that runs a `Dispatcher`, around your own lifespan if you have one.
@@ -202,6 +249,8 @@ def dispatcher_lifespan(
         queue_size: How many jobs may wait; 0 means unbounded.
         grace: Seconds jobs get to finish at shutdown before the rest are
             cancelled, a finite number >= 0; None waits as long as they take.
+        watch_signals: Whether to learn of SIGINT and SIGTERM in front of
+            the server, for `shutting_down` (see `lifespan`).
         **dispatcher_options: Any other `Dispatcher` argument (`on_error`,
             `name`, ...).
 
@@ -214,6 +263,7 @@ def dispatcher_lifespan(
         ValueError: an argument is out of range.
     """
     grace = check_grace(grace)
+    _check_watch_signals(watch_signals)
     if app_lifespan is not None and not callable(app_lifespan):
         raise TypeError(f"app_lifespan must be a lifespan function or None, got {app_lifespan!r}")
     # A dispatcher runs once, so each startup makes its own; building one
@@ -224,7 +274,12 @@ def dispatcher_lifespan(
     @contextlib.asynccontextmanager
     async def run(app: Any) -> AsyncIterator[Any]:
         async with lifespan(
-            app, workers=workers, queue_size=queue_size, grace=grace, **dispatcher_options
+            app,
+            workers=workers,
+            queue_size=queue_size,
+            grace=grace,
+            watch_signals=watch_signals,
+            **dispatcher_options,
         ):
             if app_lifespan is None:
                 yield None
@@ -257,6 +312,160 @@ async def _shut_down(dispatcher: Dispatcher, grace: float | None) -> None:
             log_shutdown(dispatcher, report, grace)
 
 
+def _check_watch_signals(watch_signals: object) -> None:
+    if not isinstance(watch_signals, bool):
+        raise TypeError(f"watch_signals must be True or False, got {watch_signals!r}")
+
+
+# ------------------------------------------------------------ shutdown notice
+#
+# Why this exists: uvicorn (and servers like it), on SIGTERM, stops
+# accepting, then waits for the open connections to finish, and only then
+# runs the lifespan's shutdown, where the dispatcher's grace period starts.
+# A streaming response that lasts as long as its job holds all of that up
+# for as long as the job runs. So the lifespan learns of the signal itself,
+# in front of the server, and tells the requests, which can end their
+# streams; the jobs themselves keep running until the lifespan's shutdown
+# gives them the grace period, as before.
+
+_NOTICE_ATTRIBUTE: Final = "asyncpool_shutdown_notice"
+
+# The signals on which servers begin a graceful shutdown (uvicorn's
+# HANDLED_SIGNALS, bar Windows' SIGBREAK).
+_EXIT_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+class _ShutdownNotice:
+    """Whether the server began to shut down, and the futures waiting to hear it.
+
+    One per run of the lifespan, at `app.state.asyncpool_shutdown_notice`.
+    It starts once and never resets. Each caller of `shutting_down` gets a
+    future of its own, so that one who cancels theirs (`asyncio.wait_for`
+    does, on timeout) cancels nobody else's; the futures are held weakly, so
+    those of requests that ended without a shutdown do not pile up.
+    """
+
+    __slots__ = ("_loop", "_waiters", "started")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiters: weakref.WeakSet[asyncio.Future[None]] = weakref.WeakSet()
+        self.started = False
+
+    def __repr__(self) -> str:
+        return f"<_ShutdownNotice {'started' if self.started else 'waiting'}>"
+
+    def future(self) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self._loop.create_future()
+        if self.started:
+            future.set_result(None)
+        else:
+            self._waiters.add(future)
+        return future
+
+    def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        waiters = list(self._waiters)
+        self._waiters.clear()
+        for future in waiters:
+            if not future.done():  # its owner may have cancelled it
+                future.set_result(None)
+
+    def start_from_signal_handler(self) -> None:
+        # A signal handler runs in the main thread between two bytecodes,
+        # possibly in the middle of the event loop's own code; so it only
+        # schedules the start, the way another thread would. The loop is
+        # closed only after the lifespan's exit, which starts the notice.
+        if not self.started and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.start)
+
+
+_SignalHandler: TypeAlias = Callable[[int, types.FrameType | None], Any]
+
+
+@contextlib.contextmanager
+def _notice_on_exit_signals(notice: _ShutdownNotice) -> Iterator[None]:
+    """Put a handler that starts `notice` in front of the server's SIGINT and SIGTERM handlers."""
+    # Only the main thread may install handlers, and Python runs them there
+    # only: a lifespan run in another thread (Starlette's TestClient runs the
+    # app in one) has no signals to watch.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    chained: dict[int, _SignalHandler] = {}
+
+    def handler(signum: int, frame: types.FrameType | None) -> None:
+        notice.start_from_signal_handler()
+        chained[signum](signum, frame)
+
+    for signum in _EXIT_SIGNALS:
+        previous = signal.getsignal(signum)
+        # Only in front of a Python function, which means a server has taken
+        # the signal over (uvicorn installs its handle_exit with
+        # signal.signal). SIG_DFL (end the process), SIG_IGN and None (a
+        # handler from C) are left alone rather than imitated. Servers that
+        # use loop.add_signal_handler leave asyncio's no-op function here,
+        # and still get the signal through the loop's wakeup file.
+        if callable(previous):
+            chained[signum] = previous
+            signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for chained_signum, previous_handler in chained.items():
+            # Unless someone put a handler in front of ours meanwhile: taking
+            # ours out would take theirs out too. Ours then only passes the
+            # signal on, since the notice has started.
+            if signal.getsignal(chained_signum) is handler:
+                signal.signal(chained_signum, previous_handler)
+
+
+def shutting_down(source: HTTPConnection | Starlette) -> asyncio.Future[None]:
+    """Return a future that is done once the server has begun to shut down.
+
+    On SIGTERM or Ctrl+C, uvicorn stops accepting connections, then waits
+    for the open ones to finish, and only then runs the lifespan's shutdown,
+    which gives the dispatcher's jobs their grace period. A response that
+    streams until its job ends holds the server for as long as the job runs.
+    Such a response waits for this future alongside its work and, if the
+    future is done first, ends its stream (the job goes on, and gets the
+    grace period):
+
+    ```python
+    async def progress() -> AsyncIterator[str]:
+        await asyncio.wait([handle, shutting_down(request)], return_when=asyncio.FIRST_COMPLETED)
+        if not handle.done():
+            yield "the server is shutting down\\n"
+            return
+        yield f"{handle.state.value}\\n"
+    ```
+
+    The future is done as soon as the server receives SIGINT or SIGTERM
+    (with the lifespan's `watch_signals`, the default), and at the latest
+    when the lifespan's shutdown begins; once the shutdown has begun, it
+    comes back done. Its result is None, and it never fails. Each call
+    returns a new future: cancelling it (`asyncio.wait_for` does on timeout)
+    affects no other caller.
+
+    Args:
+        source: A request or websocket of the application, or the application.
+
+    Returns:
+        A future of the application's running loop.
+
+    Raises:
+        RuntimeError: the application has no asyncpool lifespan, because it
+            is not installed or was not run; the message says how to
+            install it.
+    """
+    notice = getattr(getattr(_app_of(source), "state", None), _NOTICE_ATTRIBUTE, None)
+    if not isinstance(notice, _ShutdownNotice):
+        raise _no_lifespan_error("no asyncpool shutdown notice")
+    return notice.future()
+
+
 # --------------------------------------------------------------- dependency
 
 
@@ -278,17 +487,24 @@ def get_dispatcher(source: HTTPConnection | Starlette) -> Dispatcher:
             lifespan is not installed or was not run; the message says how to
             install it.
     """
-    app = source if isinstance(source, Starlette) else source.app
-    dispatcher = getattr(getattr(app, "state", None), STATE_ATTRIBUTE, None)
+    dispatcher = getattr(getattr(_app_of(source), "state", None), STATE_ATTRIBUTE, None)
     if not isinstance(dispatcher, Dispatcher):
-        raise RuntimeError(
-            f"no asyncpool Dispatcher at app.state.{STATE_ATTRIBUTE}: install the lifespan, "
-            "FastAPI(lifespan=asyncpool.fastapi.dispatcher_lifespan(...)) (or "
-            "dispatcher_lifespan(your_lifespan, ...) to keep your own), and make sure it "
-            "runs: servers such as uvicorn run it, httpx.ASGITransport does not (enter "
-            "app.router.lifespan_context(app) around your test client)"
-        )
+        raise _no_lifespan_error(f"no asyncpool Dispatcher at app.state.{STATE_ATTRIBUTE}")
     return dispatcher
+
+
+def _app_of(source: HTTPConnection | Starlette) -> Any:
+    return source if isinstance(source, Starlette) else source.app
+
+
+def _no_lifespan_error(what: str) -> RuntimeError:
+    return RuntimeError(
+        f"{what}: install the lifespan, "
+        "FastAPI(lifespan=asyncpool.fastapi.dispatcher_lifespan(...)) (or "
+        "dispatcher_lifespan(your_lifespan, ...) to keep your own), and make sure it "
+        "runs: servers such as uvicorn run it, httpx.ASGITransport does not (enter "
+        "app.router.lifespan_context(app) around your test client)"
+    )
 
 
 async def _dispatcher_dependency(connection: HTTPConnection) -> Dispatcher:

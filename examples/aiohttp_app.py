@@ -25,12 +25,21 @@ Routes:
 * `GET /stats` returns the dispatcher's counters.
 
 The record file is `--record`, else `$ASYNCPOOL_EXAMPLE_RECORD`, else
-`completed-jobs.txt` in the working directory: one line per completed job,
-its id. On SIGTERM or Ctrl+C, aiohttp stops listening and waits for the
-requests in flight (5 s at most); then asyncpool lets the jobs finish for `--grace`
-seconds, cancels the rest, and logs each unfinished job (WARNING, logger
-`asyncpool`) to stderr. Every accepted job id therefore ends up either in
-the record or in the log.
+`asyncpool-completed-jobs.txt` in the temporary directory
+(`tempfile.gettempdir()`: `/tmp` on most Unix systems), so that a run leaves
+nothing in the working directory; the server logs its path when it starts.
+It gets one line per completed job, its id, appended.
+
+On SIGTERM or Ctrl+C, aiohttp stops listening and waits for the requests in
+flight, in two steps of up to `shutdown_timeout` each (5 s here; aiohttp's
+default is 60 s). In aiohttp 3.14, the version this was measured with, it
+first waits for each handler to finish; then it fails the request's body
+stream, which only a handler still reading its body notices, and waits
+again; only then does it cancel the handler. A follower (`follow=1`) reads
+no body, so it holds the shutdown up for 10 s, twice `shutdown_timeout`.
+Then asyncpool lets the jobs finish for `--grace` seconds, cancels the rest,
+and logs each unfinished job (WARNING, logger `asyncpool`) to stderr. Every
+accepted job id therefore ends up either in the record or in the log.
 
 Try it:
 
@@ -51,6 +60,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -64,10 +74,13 @@ __all__ = ("CompletionRecord", "RecordedSleep", "main", "make_app")
 logger = logging.getLogger("examples.aiohttp_app")
 
 RECORD_ENV = "ASYNCPOOL_EXAMPLE_RECORD"
+RECORD_NAME = "asyncpool-completed-jobs.txt"  # in the temporary directory, by default
 MAX_SECONDS = 60.0
-# How long aiohttp waits for requests in flight at shutdown before cancelling
-# them (its default is 60 s). A follower (`follow=1`) is such a request, and
-# the dispatcher's grace period only starts after this wait.
+# aiohttp's `shutdown_timeout` (its default is 60 s): at shutdown it waits
+# up to this long for the requests in flight, then up to this long again
+# before it cancels them (see the module docstring). A follower (`follow=1`)
+# is such a request, and the dispatcher's grace period only starts after
+# these waits.
 HANDLER_SHUTDOWN_TIMEOUT = 5.0
 
 
@@ -79,8 +92,9 @@ class CompletionRecord:
         self._fd: int | None = None
 
     def open(self) -> None:
-        """Open (or create) the file for appending."""
+        """Open (or create) the file for appending, and log where it is."""
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        logger.info("completed jobs are recorded in %s", os.path.abspath(self.path))
 
     def append(self, job_id: int) -> None:
         """Record that job `job_id` completed.
@@ -235,7 +249,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--record",
         type=Path,
-        default=Path(os.environ.get(RECORD_ENV, "completed-jobs.txt")),
+        default=Path(os.environ.get(RECORD_ENV) or Path(tempfile.gettempdir(), RECORD_NAME)),
         help=f"file that gets the id of each completed job (${RECORD_ENV}, else %(default)s)",
     )
     return parser.parse_args(argv)

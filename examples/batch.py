@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.items < 0 or args.batch_size < 1:
         parser.error("--items must be >= 0 and --batch-size >= 1")
+    if args.workers < 1:
+        print(f"batch.py: error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
     try:
         total, batches, singles = asyncio.run(run(args.items, args.batch_size, args.workers))
     except (TypeError, ValueError) as exc:

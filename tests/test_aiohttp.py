@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, assert_type
@@ -36,6 +37,7 @@ from aiohttp import test_utils, web
 import asyncpool
 import asyncpool.aiohttp
 from asyncpool.aiohttp import DISPATCHER_KEY, get_dispatcher, setup, spawn
+from examples import aiohttp_app
 from tests._jobs import Gate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -774,3 +776,28 @@ async def test_example_server_job_survives_client_disconnect(tmp_path: Path) -> 
     assert went_away == set(accepted)
     assert sorted(outcome.completed) == sorted(accepted)
     assert outcome.unfinished == {}
+
+
+# Regression (issue 16): the example wrote completed-jobs.txt into the working directory.
+def test_example_record_defaults_to_the_temp_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --record or $ASYNCPOOL_EXAMPLE_RECORD, the record file is in the temp directory."""
+    monkeypatch.delenv(aiohttp_app.RECORD_ENV, raising=False)
+    default = Path(tempfile.gettempdir()) / "asyncpool-completed-jobs.txt"
+    assert aiohttp_app.parse_args([]).record == default
+    monkeypatch.setenv(aiohttp_app.RECORD_ENV, "/srv/example/done.txt")
+    assert aiohttp_app.parse_args([]).record == Path("/srv/example/done.txt")
+    assert aiohttp_app.parse_args(["--record", "done.txt"]).record == Path("done.txt")
+
+
+# Regression (issue 16): the example never said where its record file was.
+async def test_example_logs_where_its_record_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the example application starts, it logs the absolute path of its record file."""
+    caplog.set_level(logging.INFO, logger=aiohttp_app.logger.name)
+    record = tmp_path / "done.txt"
+    async with running(aiohttp_app.make_app(record, grace=1, workers=1)):
+        pass
+    messages = [r.getMessage() for r in caplog.records if r.name == aiohttp_app.logger.name]
+    assert any(str(record) in message for message in messages), messages
+    assert record.exists()

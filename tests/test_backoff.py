@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -82,3 +83,23 @@ async def test_retry_reenters_at_the_back_of_its_priority(fast_clock: None) -> N
         for name in "abc":
             await d.submit(record, name, priority=5)
     assert ran == ["a", "b", "c", "retried"]
+
+
+# Regression (issue 16): every retry logged a WARNING; 20 flaky URLs printed 40 warnings.
+async def test_retry_logs_at_info_and_final_failure_at_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A retry is logged at INFO, never WARNING; a job that fails for good is logged at ERROR."""
+    caplog.set_level(logging.DEBUG, logger="asyncpool")
+    async with Dispatcher(workers=1) as d:
+        recovered = await d.submit(Flaky(failures=2), retry=Retry(attempts=3, backoff=0))
+        assert await recovered == 3
+        await d.submit(Flaky(failures=2), retry=Retry(attempts=2, backoff=0))  # nobody awaits it
+    records = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "asyncpool"]
+    retries = [(level, message) for level, message in records if "retrying in" in message]
+    assert [level for level, _ in retries] == [logging.INFO] * 3
+    assert "failed (try 1 of 3), retrying" in retries[0][1]
+    assert not [message for level, message in records if level == logging.WARNING]
+    failures = [message for level, message in records if level == logging.ERROR]
+    assert len(failures) == 1
+    assert "failed" in failures[0]

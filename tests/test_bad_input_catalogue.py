@@ -30,7 +30,7 @@ import inspect
 import math
 import re
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,24 @@ def blocking(lock: object) -> None:
     """A module-level blocking function, given an argument that cannot be pickled."""
 
 
+def numbers(n: int) -> Iterator[int]:
+    """The page's generator function."""
+    yield from range(n)
+
+
+async def stream(n: int) -> AsyncIterator[int]:
+    """The page's async generator function."""
+    for i in range(n):
+        yield i
+
+
+class StreamJob:
+    """The page's job whose `process` is an async generator function."""
+
+    async def process(self) -> AsyncIterator[int]:
+        yield 1
+
+
 async def _fails() -> None:
     raise ValueError("boom")
 
@@ -94,6 +112,9 @@ _NAMESPACE: dict[str, Any] = {
     "asyncpool": asyncpool,
     "Retry": asyncpool.Retry,
     "BatchJob": BatchJob,
+    "StreamJob": StreamJob,
+    "numbers": numbers,
+    "stream": stream,
     "fetch": fetch,
     "url": URL,
     "items": [1],

@@ -716,3 +716,52 @@ def test_core_asyncio_internals_it_reads_keep_their_shape() -> None:
         assert isinstance(queue._getters, collections.deque)
     finally:
         loop.close()
+
+
+# Regression (issue 16): jobs awaiting the jobs they submitted (fork/join)
+# hung for good once every worker held such a parent.
+@pytest.mark.parametrize("collect", ["await", "gather"])
+async def test_core_fork_join_jobs_never_deadlock_the_pool(collect: str) -> None:
+    """Parents awaiting their own children finish; runnable jobs stay within the pool's size."""
+    running = peak = 0
+    async with asyncpool.Dispatcher(workers=2) as d:
+
+        async def child(i: int) -> int:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0)
+            running -= 1
+            return i
+
+        async def parent(n: int) -> int:
+            handles = [await d.submit(child, n * 10 + k) for k in range(3)]
+            if collect == "gather":
+                return sum(await asyncio.gather(*handles))
+            return sum([await h for h in handles])
+
+        parents = [await d.submit(parent, n) for n in range(5)]
+        async with asyncio.timeout(10):  # the old code hung here
+            results = [await p for p in parents]
+        await d.join()
+        assert results == [30 * n + 3 for n in range(5)]
+        assert peak <= 2  # children never ran more at once than the pool's size
+        # The spare workers lent meanwhile have left again.
+        assert len(internals(d).worker_tasks) == 2
+        check_stats(d)
+
+
+async def test_core_spare_workers_only_when_every_worker_waits() -> None:
+    """A parent waiting on a queued child while another worker is free gets no spare."""
+    async with asyncpool.Dispatcher(workers=2) as d:
+        gate = Gate(value=1)
+
+        async def parent() -> object:
+            child = await d.submit(gate)
+            return await child
+
+        handle = await d.submit(parent)
+        await gate.started.wait()  # the other worker runs the child: no deadlock
+        assert len(internals(d).worker_tasks) == 2
+        gate.release()
+        assert await handle == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from asyncpool import Job, Stats
 from asyncpool.__main__ import main
@@ -21,6 +23,9 @@ from asyncpool._demo import (
     FileFailure,
     ScanReport,
     SingleJob,
+    _make_progress,
+    print_summary,
+    run_with_progress,
     scan_file,
     scan_tree,
 )
@@ -66,6 +71,22 @@ def _run_cli(*args: str, command: tuple[str, ...] = ()) -> subprocess.CompletedP
         env=env,
         check=False,
     )
+
+
+def _render_summary(report: ScanReport) -> str:
+    output = io.StringIO()
+    print_summary(report, Console(file=output, width=200, color_system=None))
+    return output.getvalue()
+
+
+# A live display redraws its line after a carriage return; the control
+# sequences (cursor hiding, line erasing) carry no text.
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _last_frame(output: str) -> str:
+    """The text of the last frame a one-line live display drew: what stays on screen."""
+    return _CONTROL.sub("", output).split("\r")[-1].rstrip("\n")
 
 
 def _summary_value(output: str, label: str) -> str:
@@ -221,6 +242,60 @@ async def test_scan_tree_rejects_bad_input(tmp_path: Path) -> None:
         await scan_tree(tmp_path, workers=0)
 
 
+# --------------------------------------------------------------- the display
+
+
+# Regression (issue 16): at 80 columns the live line shrank to "… jobs done", counts and time gone.
+@pytest.mark.parametrize("width", [60, 80])
+async def test_run_with_progress_keeps_counts_and_elapsed_when_narrow(
+    tree: Path, width: int
+) -> None:
+    """On a narrow terminal the live line still shows jobs done of submitted, failures and time."""
+    output = io.StringIO()
+    console = Console(file=output, width=width, force_terminal=True, color_system=None)
+    report = await run_with_progress(tree, console=console)
+    frame = _last_frame(output.getvalue())
+    assert len(frame) <= width, frame
+    assert f"{report.jobs}/{report.jobs} jobs" in frame, frame
+    assert "0 failed" in frame, frame
+    assert re.search(r"\b0:00:\d\d\b", frame), frame
+
+
+# Regression (issue 16): the live line's counts and time gave way first on a narrow terminal.
+def test_live_line_keeps_counts_of_a_large_scan_at_60_columns() -> None:
+    """With five-digit counts at 60 columns the line is one line with counts, failures and time."""
+    output = io.StringIO()
+    console = Console(file=output, width=60, force_terminal=True, color_system=None)
+    progress = _make_progress(console)
+    progress.add_task(
+        "hashing", total=56789, completed=12345, failed=3, queued=1024, rate=1234.5, unreadable=7
+    )
+    console.print(progress.get_renderable())
+    line = output.getvalue()
+    assert line.count("\n") == 1
+    assert len(line.rstrip("\n")) <= 60
+    assert re.match(r"^\S hashing 12345/56789 jobs · 3 failed .* 0:00:\d\d$", line.rstrip("\n"))
+
+
+# Regression (issue 16): the demo promised SHA-256 digests and never showed one.
+async def test_print_summary_shows_sha256_digests(tree: Path) -> None:
+    """The summary lists digests of the last files read, as sha256sum prints them, all correct."""
+    report = await scan_tree(tree)
+    shown = re.findall(r"^\s*([0-9a-f]{64})  (.+?)\s*$", _render_summary(report), re.MULTILINE)
+    assert len(shown) == 5
+    assert len({name for _, name in shown}) == 5
+    for digest, name in shown:
+        assert digest == hashlib.sha256((tree / name).read_bytes()).hexdigest()
+
+
+# Regression (issue 16): `--queue-size 0` was shown as "queue size 0", though 0 means no bound.
+@pytest.mark.parametrize(("queue_size", "shown"), [(0, "unbounded"), (16, "16")])
+async def test_print_summary_names_unbounded_queue(tree: Path, queue_size: int, shown: str) -> None:
+    """A queue size of 0 is shown as "unbounded", any other as its number."""
+    report = await scan_tree(tree, queue_size=queue_size)
+    assert _summary_value(_render_summary(report), "queue size") == shown
+
+
 # ------------------------------------------------------------------- the CLI
 
 
@@ -267,8 +342,8 @@ def test_cli_console_script_runs_demo(tree: Path) -> None:
     ("args", "message"),
     [
         (["--path", "/nonexistent/demo"], "/nonexistent/demo: no such directory"),
-        (["--workers", "0"], "workers must be >= 1, got 0"),
-        (["--queue-size", "-1"], "queue_size must be >= 0, got -1"),
+        (["--workers", "0"], "--workers must be >= 1, got 0"),
+        (["--queue-size", "-1"], "--queue-size must be >= 0, got -1"),
     ],
 )
 def test_cli_demo_bad_input_exits_2(tree: Path, args: list[str], message: str) -> None:
@@ -279,6 +354,23 @@ def test_cli_demo_bad_input_exits_2(tree: Path, args: list[str], message: str) -
     assert result.returncode == 2
     assert result.stderr == f"python -m asyncpool demo: error: {message}\n"
     assert "Traceback" not in result.stdout + result.stderr
+
+
+# Regression (issue 16): a bad `--queue-size` was reported as `queue_size`, the API's name.
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--workers", "0", "--workers must be >= 1, got 0"),
+        ("--workers", "-3", "--workers must be >= 1, got -3"),
+        ("--queue-size", "-1", "--queue-size must be >= 0, got -1"),
+    ],
+)
+def test_cli_demo_bad_number_names_the_flag(
+    tree: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    """A refused --workers or --queue-size is reported under the flag's own name, exit status 2."""
+    assert main(["demo", "--path", str(tree), flag, value]) == 2
+    assert capsys.readouterr().err == f"python -m asyncpool demo: error: {message}\n"
 
 
 def test_cli_demo_file_as_path_exits_2(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:

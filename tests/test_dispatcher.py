@@ -8,7 +8,12 @@ starts when it should not is still counted by `Peak` at the end.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,8 +58,8 @@ from tests._jobs import (
         ({"timeout": -1.0}, ValueError, "timeout must be > 0 seconds"),
         ({"timeout": "5"}, TypeError, "timeout must be a number of seconds or None"),
         ({"retry": 3}, TypeError, "retry must be an asyncpool.Retry or None, got 3"),
-        ({"rate_limit": 0}, ValueError, "rate_limit must be > 0 starts per second"),
-        ({"rate_limit": float("inf")}, ValueError, "rate_limit must be > 0 starts per second"),
+        ({"rate_limit": 0}, ValueError, "rate_limit must be a finite number of starts per"),
+        ({"rate_limit": float("inf")}, ValueError, "rate_limit must be a finite number of"),
         ({"rate_limit": "10/s"}, TypeError, "rate_limit must be a number of starts per second"),
         ({"rate_limit": 5, "rate_burst": 0}, ValueError, "rate_burst must be >= 1, got 0"),
         ({"rate_burst": 4}, ValueError, "rate_burst needs rate_limit"),
@@ -67,6 +72,39 @@ def test_bad_input_dispatcher_arguments(
     with pytest.raises(error) as caught:
         asyncpool.Dispatcher(**kwargs)
     assert str(caught.value).startswith(message)
+
+
+# Regression (issue 16): Dispatcher(rate_limit=10**400) raised a bare OverflowError.
+@pytest.mark.parametrize("rate", [10**400, 10**5000], ids=["10**400", "10**5000"])
+def test_bad_input_rate_limit_too_large_for_a_float_is_refused(rate: int) -> None:
+    """rate_limit must be finite: an int too large for a float is refused like math.inf."""
+    message = "rate_limit must be a finite number of starts per second > 0, got an int too large"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)} for a float$"):
+        asyncpool.Dispatcher(rate_limit=rate)
+
+
+# Regression (issue 16): Dispatcher(rate_limit=1, rate_burst=10**400) raised OverflowError.
+def test_bad_input_rate_burst_too_large_for_a_float_is_refused() -> None:
+    """A burst no float holds would fill the token bucket with inf: a ValueError naming it."""
+    message = "rate_burst must be a finite number of starts, got an int too large for a float"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        asyncpool.Dispatcher(rate_limit=1, rate_burst=10**400)
+
+
+# The most workers a dispatcher takes, as docs/reference/bad-input.md documents it.
+MOST_WORKERS = 1_000_000
+TOO_MANY = "^" + re.escape("workers must be <= 1000000 (an idle worker takes about 5 KB of memory")
+
+
+# Regression (issue 16): Dispatcher(10**12) was accepted, then start() ran out of memory.
+@pytest.mark.parametrize(
+    "workers", [MOST_WORKERS + 1, 10**12, 10**400], ids=["1000001", "10**12", "10**400"]
+)
+def test_bad_input_workers_above_the_maximum_are_refused(workers: int) -> None:
+    """Dispatcher(n) with n above the maximum is a ValueError naming workers and the maximum."""
+    with pytest.raises(ValueError, match=TOO_MANY):
+        asyncpool.Dispatcher(workers)
+    assert asyncpool.Dispatcher(MOST_WORKERS).workers == MOST_WORKERS  # not started: no workers
 
 
 # Bad input: an unknown option must be refused, not silently ignored.
@@ -357,6 +395,64 @@ async def test_resize_rejects_bad_sizes(size: Any, error: type[Exception]) -> No
             d.resize(size)
         assert check_stats(d).workers == 2
         assert len(internals(d).worker_tasks) == 2
+
+
+# Regression (issue 16): resize(10**12) tried to start 10**12 workers and killed the process.
+# (Were the check lost, this would start them here; the capped child below proves it safely.)
+@pytest.mark.parametrize("workers", [MOST_WORKERS + 1, 10**12], ids=["1000001", "10**12"])
+async def test_resize_above_the_maximum_is_refused_at_once(workers: int) -> None:
+    """resize(n) above the maximum is a ValueError naming workers, and changes nothing."""
+    async with asyncpool.Dispatcher(workers=2) as d:
+        with pytest.raises(ValueError, match=TOO_MANY):
+            d.resize(workers)
+        assert check_stats(d).workers == 2
+        assert len(internals(d).worker_tasks) == 2
+
+
+# Run in a child process whose address space is capped at 1 GiB: a pool of
+# 10**12 workers (or even of a million) cannot fit, so if either call tried to
+# make one, the child would die of a MemoryError rather than print.
+_CAPPED_CHILD = """
+import asyncio, json, resource
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+import asyncpool
+
+def refused(call):
+    try:
+        call()
+    except ValueError as exc:
+        return str(exc)
+    return "accepted"
+
+async def main():
+    said = [refused(lambda: asyncpool.Dispatcher(10**12))]
+    async with asyncpool.Dispatcher(2) as d:
+        said.append(refused(lambda: d.resize(10**12)))
+        said.append(d.stats().workers)
+    print(json.dumps(said))
+
+asyncio.run(main())
+"""
+
+
+# Regression (issue 16): Dispatcher(10**12) and resize(10**12) allocated until memory ran out.
+@pytest.mark.slow
+def test_workers_above_the_maximum_are_refused_without_allocating() -> None:
+    """Under a 1 GiB memory cap, Dispatcher(10**12) and resize(10**12) raise ValueError at once."""
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", _CAPPED_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    constructor, resize, workers = json.loads(done.stdout.strip().splitlines()[-1])
+    assert re.match(TOO_MANY, constructor), constructor
+    assert re.match(TOO_MANY, resize), resize
+    assert workers == 2
+    assert time.monotonic() - began < 10
 
 
 async def test_resize_refuses_a_dispatcher_that_is_not_running() -> None:

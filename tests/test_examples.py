@@ -42,4 +42,11 @@ def test_examples_batch_command_line() -> None:
         check=False,
     )
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "batch.py: error: workers must be >= 1, got 0"
+    assert bad.stderr.strip() == "batch.py: error: --workers must be >= 1, got 0"
+
+
+# Regression (issue 16): --workers 0 was refused with the API's message, not the flag's.
+def test_examples_batch_names_its_flag_on_bad_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--workers 0` is refused by the command line, naming the flag."""
+    assert batch.main(["--workers", "0"]) == 2
+    assert capsys.readouterr().err == "batch.py: error: --workers must be >= 1, got 0\n"

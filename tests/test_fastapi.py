@@ -49,8 +49,9 @@ from asyncpool.fastapi import (
     dispatcher_lifespan,
     get_dispatcher,
     lifespan,
+    shutting_down,
 )
-from tests._jobs import Gate
+from tests._jobs import Gate, guarded
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -267,6 +268,7 @@ async def test_lifespan_shutdown_cancelled_still_cancels_every_job_and_says_so(
         ({"grace": "5"}, TypeError, r"grace must be a number of seconds or None, got '5'"),
         ({"grace": True}, TypeError, r"grace must be a number of seconds or None, got True"),
         ({"wrokers": 2}, TypeError, "wrokers"),
+        ({"watch_signals": 1}, TypeError, "watch_signals must be True or False, got 1"),
     ],
 )
 def test_dispatcher_lifespan_bad_arguments_fail_where_the_app_is_built(
@@ -291,6 +293,99 @@ async def test_lifespan_installed_twice_is_an_error() -> None:
             async with lifespan(app):
                 pass  # pragma: no cover - not reached
         assert get_dispatcher(app).running
+
+
+# ---------------------------------------------------------- shutdown notice
+
+
+@pytest.fixture
+def sigterm_handler() -> Iterator[list[int]]:
+    """Stand in for a server's SIGTERM handler (uvicorn's); yield the signals it receives."""
+    received: list[int] = []
+    original = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
+# Regression (issue 16): streams learned of a shutdown only after the server had waited for them.
+async def test_shutting_down_is_done_when_the_server_gets_sigterm(
+    sigterm_handler: list[int],
+) -> None:
+    """SIGTERM completes shutting_down() before the server's own handler runs, which still runs."""
+    servers_handler = signal.getsignal(signal.SIGTERM)
+    app = FastAPI(lifespan=dispatcher_lifespan(workers=1))
+    async with app.router.lifespan_context(app):
+        assert signal.getsignal(signal.SIGTERM) is not servers_handler
+        stopping = shutting_down(app)
+        assert not stopping.done()
+        signal.raise_signal(signal.SIGTERM)
+        assert sigterm_handler == [signal.SIGTERM]
+        await guarded(stopping)
+        assert get_dispatcher(app).running  # the jobs get their grace at the lifespan's exit
+    assert signal.getsignal(signal.SIGTERM) is servers_handler
+
+
+# Regression (issue 16): streams learned of a shutdown only after the server had waited for them.
+async def test_shutting_down_is_done_once_the_lifespan_shutdown_begins() -> None:
+    """Without a signal, shutting_down() completes when the lifespan exits; later calls are done."""
+    app = FastAPI(lifespan=dispatcher_lifespan(workers=1, watch_signals=False))
+    async with app.router.lifespan_context(app):
+        stopping = shutting_down(app)
+        cancelled = shutting_down(app)
+        cancelled.cancel()  # each caller's own: cancelling it cancels no other
+        assert not stopping.done()
+    assert stopping.done()
+    assert stopping.result() is None
+    assert shutting_down(app).done()
+
+
+async def test_lifespan_watch_signals_false_leaves_the_handlers_alone(
+    sigterm_handler: list[int],
+) -> None:
+    """With watch_signals=False the server's handlers stay in place and shutting_down() waits."""
+    servers_handler = signal.getsignal(signal.SIGTERM)
+    app = FastAPI(lifespan=dispatcher_lifespan(workers=1, watch_signals=False))
+    async with app.router.lifespan_context(app):
+        assert signal.getsignal(signal.SIGTERM) is servers_handler
+        signal.raise_signal(signal.SIGTERM)
+        assert sigterm_handler == [signal.SIGTERM]
+        assert not shutting_down(app).done()
+
+
+async def test_lifespan_leaves_a_signal_nobody_handles_alone() -> None:
+    """A signal with its default action (SIGTERM ends the process) gets no handler in front."""
+    original = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        app = FastAPI(lifespan=dispatcher_lifespan(workers=1))
+        async with app.router.lifespan_context(app):
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
+def test_lifespan_off_the_main_thread_watches_no_signals(sigterm_handler: list[int]) -> None:
+    """A lifespan run in another thread (as by Starlette's TestClient) installs no handler."""
+    servers_handler = signal.getsignal(signal.SIGTERM)
+    seen: list[object] = []
+
+    async def run_lifespan() -> None:
+        app = FastAPI(lifespan=dispatcher_lifespan(workers=1))
+        async with app.router.lifespan_context(app):
+            seen.append(signal.getsignal(signal.SIGTERM))
+            seen.append(shutting_down(app).done())
+
+    thread = threading.Thread(target=asyncio.run, args=(run_lifespan(),))
+    thread.start()
+    thread.join(timeout=30)
+    assert seen == [servers_handler, False]
+
+
+async def test_shutting_down_without_the_lifespan_names_the_fix() -> None:
+    """shutting_down() on an app whose lifespan did not run says how to install it."""
+    with pytest.raises(RuntimeError, match=r"no asyncpool shutdown notice: install the lifespan"):
+        shutting_down(FastAPI())
 
 
 # --------------------------------------------------------------- dependency
@@ -676,6 +771,16 @@ class ExampleServer:
         """The server's stdout and stderr so far."""
         return self.log_path.read_text(encoding="utf-8")
 
+    def wait_for_log(self, text: str) -> None:
+        """Wait until the server has logged `text`; fail after 15 s."""
+        # What another process has done cannot be awaited on an event; poll
+        # its log, a bounded number of times.
+        for _ in range(300):
+            if text in self.log():
+                return
+            time.sleep(0.05)
+        pytest.fail(f"the server did not log {text!r} within 15 s:\n{self.log()}")
+
     def recorded(self, kind: str) -> list[int]:
         """The order ids of the `kind` lines ("receipt" or "notified") in the record file."""
         if not self.record_path.exists():
@@ -916,6 +1021,10 @@ def test_real_server_job_outlives_a_client_that_disconnects(
                 return job_id  # leaving the block closes the connection mid-response
 
         job_id = asyncio.run(follow_then_hang_up())
+        # Stop the server only once it has seen the client go: on SIGTERM it
+        # ends the follow streams itself (shutting_down), and would then
+        # have no client left to lose.
+        server.wait_for_log(f"client stopped following job {job_id}; the job goes on")
         server.stop()
     log = server.log()
     # The server saw the client go while the job was still running...
@@ -923,3 +1032,108 @@ def test_real_server_job_outlives_a_client_that_disconnects(
     # ...and the job completed all the same.
     assert server.recorded("receipt") == [5]
     assert not UNFINISHED_LINE.search(log)
+
+
+# Regression (issue 16): SIGTERM waited for a follower's job, not for the grace period.
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("server_loop", SERVER_LOOPS)
+def test_real_server_sigterm_ends_a_follower_stream_and_exits_within_the_grace(
+    server_loop: str, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """SIGTERM while a client follows a 60 s job: the stream ends; exit comes after the grace."""
+    grace = 1.0
+    bound = grace + 10  # generous for a slow machine; the old behaviour waited for the 60 s job
+    with example_server(tmp_path, server_loop, workers=2, grace=grace) as server:
+
+        async def follow_through_sigterm() -> tuple[list[dict[str, Any]], float]:
+            lines: list[dict[str, Any]] = []
+            sent_at = math.nan
+            async with (
+                httpx.AsyncClient(
+                    base_url=server.base_url, trust_env=False, timeout=bound
+                ) as client,
+                client.stream(
+                    "POST", "/orders/9/receipt/follow", params={"seconds": 60}
+                ) as response,
+            ):
+                assert response.status_code == 202
+                # The stream must end by itself: a server that cut it off would
+                # make aiter_lines raise (RemoteProtocolError), a server that
+                # held it would make it time out (ReadTimeout).
+                async for line in response.aiter_lines():
+                    lines.append(json.loads(line))
+                    if len(lines) == 1:
+                        server.process.send_signal(signal.SIGTERM)
+                        sent_at = time.monotonic()
+            return lines, sent_at
+
+        lines, sent_at = asyncio.run(follow_through_sigterm())
+        returncode = server.process.wait(timeout=bound)
+        exit_time = time.monotonic() - sent_at
+    log = server.log()
+    print(f"[server loop {server_loop}] exited {exit_time:.2f} s after SIGTERM (grace {grace:g} s)")
+    record_property("exit_time", f"{exit_time:.2f} s")
+    job_id = lines[0]["job_id"]
+    assert lines == [
+        {"job_id": job_id, "order_id": 9},
+        {"job_id": job_id, "state": "running", "server": "shutting down"},
+    ]
+    # uvicorn re-raises the signal once it has shut down cleanly (so the
+    # status says "ended by SIGTERM"); the log shows that it got there.
+    assert returncode in (0, -signal.SIGTERM), log
+    assert grace <= exit_time <= bound, log
+    assert "Traceback" not in log
+    assert "ERROR" not in log
+    assert f"stopped following job {job_id}: the server is shutting down" in log
+    assert SUMMARY_LINE.findall(log) == [("1", "0", "1")]
+    assert UNFINISHED_LINE.findall(log) == [(str(job_id), "interrupted")]
+    assert "Application shutdown complete." in log
+    assert server.recorded("receipt") == []
+
+
+# ------------------------------------------------------------- the example
+
+
+# Regression: /stats gave latencies such as 0.0049999999999954525 seconds.
+async def test_example_stats_rounds_latencies_to_microseconds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The example's /stats gives every latency in seconds with at most six decimals."""
+    # Imported here, while pytest's log capture is on: the module's
+    # logging.basicConfig() then leaves the root logger as it is.
+    from examples import fastapi_app
+
+    monkeypatch.setattr(fastapi_app, "RECORD", tmp_path / "record.txt")
+    async with serving(fastapi_app.app) as client:
+        for order_id in range(20):
+            response = await client.post(f"/orders/{order_id}/receipt", params={"seconds": 0})
+            assert response.status_code == 202
+        await get_dispatcher(fastapi_app.app).join()
+        stats = (await client.get("/stats")).json()
+    assert stats["succeeded"] == 20
+    latencies = [
+        stats[kind][percentile]
+        for kind in ("queue_wait", "run_time")
+        for percentile in ("p50", "p95", "p99")
+    ]
+    assert all(isinstance(value, float) and value == round(value, 6) for value in latencies), stats
+    assert stats["run_time"]["samples"] == 20
+
+
+@pytest.mark.slow
+def test_example_record_file_defaults_to_the_temporary_directory(tmp_path: Path) -> None:
+    """Without ASYNCPOOL_EXAMPLE_RECORD, the example records in tempfile.gettempdir()."""
+    env = {k: v for k, v in os.environ.items() if k != "ASYNCPOOL_EXAMPLE_RECORD"}
+    env["TMPDIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", "from examples import fastapi_app; print(fastapi_app.RECORD)"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "asyncpool-example-completed-jobs.txt")

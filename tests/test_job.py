@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -61,6 +62,77 @@ async def test_bad_input_submit_is_rejected_by_submit(
         with pytest.raises(TypeError) as caught:
             d.submit_nowait(target, *args, **kwargs)
         assert message in str(caught.value)
+        assert d.stats().submitted == 0
+
+
+def _numbers(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+async def _stream(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+class _GeneratorJob:
+    def process(self) -> Iterator[int]:
+        yield 1
+
+
+class _AsyncGeneratorJob:
+    async def process(self) -> AsyncIterator[int]:
+        yield 1
+
+
+class _GeneratorCall:
+    def __call__(self) -> Iterator[int]:
+        yield 1
+
+
+GENERATOR = "a job returns one result; return a list instead, or use dispatcher.map()"
+STREAM = "a job returns one result; to stream results, iterate it inside an async def job"
+
+
+# Regression (issue 16): a generator function was accepted and failed in the worker as an
+# "awaitable"; an async generator function "succeeded" without its body ever running.
+@pytest.mark.parametrize(
+    ("target", "args", "message"),
+    [
+        (_numbers, (3,), f"submit() got the generator function _numbers: {GENERATOR}"),
+        (_stream, (3,), f"submit() got the async generator function _stream: {STREAM}"),
+        (functools.partial(_numbers, 3), (), "submit() got the generator function _numbers"),
+        (
+            _GeneratorJob(),
+            (),
+            f"submit() got a Job (_GeneratorJob) whose process() is a generator function: "
+            f"{GENERATOR}",
+        ),
+        (
+            _AsyncGeneratorJob(),
+            (),
+            "submit() got a Job (_AsyncGeneratorJob) whose process() is an async generator "
+            f"function: {STREAM}",
+        ),
+        (
+            _AsyncGeneratorJob().process,
+            (),
+            "submit() got the async generator function _AsyncGeneratorJob.process",
+        ),
+        (_GeneratorCall(), (), "submit() got the generator function _GeneratorCall.__call__"),
+    ],
+    ids=["generator", "async-generator", "partial", "job", "async-job", "method", "__call__"],
+)
+async def test_bad_input_generator_function_is_refused_at_submit(
+    target: Any, args: tuple[Any, ...], message: str
+) -> None:
+    """A generator or async generator function (or a Job whose process() is one) is refused."""
+    async with asyncpool.Dispatcher(workers=1) as d:
+        with pytest.raises(TypeError) as caught:
+            await d.submit(target, *args)
+        assert str(caught.value).startswith(message)
+        with pytest.raises(TypeError) as caught:
+            d.submit_nowait(target, *args)
+        assert str(caught.value).startswith(message)
         assert d.stats().submitted == 0
 
 

@@ -771,3 +771,103 @@ async def test_as_completed_does_not_report_a_failure_the_consumer_read() -> Non
         async for handle in asyncpool.as_completed(handles):
             assert isinstance(handle.exception(), ValueError)
     assert seen == []
+
+
+# Regression (issue 16): with ordered=False and return_exceptions=True a
+# failure could not be tied to the item it came from.
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_map_with_items_pairs_each_outcome_with_its_item(ordered: bool) -> None:
+    """`with_items=True` yields `(item, outcome)`, failures included, in either order."""
+
+    async def parse(text: str) -> int:
+        return int(text)
+
+    async with asyncpool.Dispatcher(workers=2) as d:
+        pairs = [
+            pair
+            async for pair in d.map(
+                parse, ["1", "two", "3"], ordered=ordered, return_exceptions=True, with_items=True
+            )
+        ]
+    by_item = dict(pairs)
+    assert sorted(by_item) == ["1", "3", "two"]
+    assert (by_item["1"], by_item["3"]) == (1, 3)
+    assert isinstance(by_item["two"], ValueError)
+    if ordered:
+        assert [item for item, _ in pairs] == ["1", "two", "3"]
+
+
+async def test_map_with_items_types_and_refusal() -> None:
+    """Without return_exceptions the pairs hold results; a non-bool with_items is refused."""
+
+    async def double(n: int) -> int:
+        return 2 * n
+
+    async with asyncpool.Dispatcher(workers=2) as d:
+        pairs = [pair async for pair in d.map(double, [1, 2], with_items=True)]
+        assert_type(pairs, list[tuple[int, int]])
+        assert pairs == [(1, 2), (2, 4)]
+        with pytest.raises(TypeError, match="with_items must be a bool"):
+            d.map(double, [1], with_items=1)  # type: ignore[call-overload]
+
+
+# Regression (issue 16): a map cut short by a deadline cancelled its jobs in
+# flight as if the consumer had dropped them, so close() reported nothing.
+async def test_map_cut_short_by_a_deadline_lists_its_jobs_in_the_report() -> None:
+    """Jobs a cancelled map had in flight are in the ShutdownReport, with their items."""
+    gates = [Gate(value=i) for i in range(4)]
+
+    async def wait_on(index: int) -> object:
+        return await gates[index].process()
+
+    d = asyncpool.Dispatcher(workers=1)
+    await d.start()
+
+    async def consume() -> None:
+        async for _ in d.map(wait_on, range(4), window=3):
+            pass
+
+    consumer = asyncio.create_task(consume())
+    await gates[0].started.wait()  # item 0 runs; items 1 and 2 are queued
+    consumer.cancel()  # what a deadline or Ctrl+C does
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    report = await d.close()
+    assert [h.args[0] for h in report.interrupted] == [0]
+    assert [h.args[0] for h in report.never_started] == [1, 2]
+    assert gates[3].runs == 0  # item 3 was never read: it is still in the input
+
+
+async def test_map_cut_short_lists_finished_but_unyielded_jobs_as_undelivered() -> None:
+    """An ordered map holds back results behind a slow job; cut short, they are `undelivered`."""
+    slow = Gate(value="slow")
+    fast_done: list[int] = []
+    both_fast_done = asyncio.Event()
+
+    async def job(index: int) -> object:
+        if index == 0:
+            return await slow.process()
+        fast_done.append(index)
+        if len(fast_done) == 2:
+            both_fast_done.set()  # its handle is done before anyone wakes up
+        return index
+
+    d = asyncpool.Dispatcher(workers=2)
+    await d.start()
+    seen: list[object] = []
+
+    async def consume() -> None:
+        async for outcome in d.map(job, range(3), window=3):
+            seen.append(outcome)
+
+    consumer = asyncio.create_task(consume())
+    async with asyncio.timeout(10):
+        await both_fast_done.wait()  # items 1 and 2 finished; item 0 holds them back
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    report = await d.close()
+    assert seen == []
+    assert [h.args[0] for h in report.interrupted] == [0]
+    assert [(h.args[0], h.result()) for h in report.undelivered] == [(1, 1), (2, 2)]
+    assert "undelivered=2" in repr(report)

@@ -1,5 +1,8 @@
 """Per-job options (asyncpool._options): `timeout`, and the options a handle records.
 
+The integrations' `grace` (asyncpool._integration.check_grace) is checked
+here too where it shares the timeouts' rule for ints too large for a float.
+
 `retry` is in test_retry.py and test_backoff.py, `priority` and `key` in
 test_policies.py; what submit refuses is in test_job.py.
 """
@@ -7,11 +10,13 @@ test_policies.py; what submit refuses is in test_job.py.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 
 import pytest
 
 from asyncpool import Dispatcher, JobState, JobTimeout, Retry
+from asyncpool._integration import check_grace
 from tests._jobs import Gate, check_stats
 
 # ------------------------------------------------------------------ timeout
@@ -105,6 +110,48 @@ async def test_timeout_thread_job_is_waited_for_then_fails() -> None:
             await handle
     assert returned.is_set()
     assert d.stats().timed_out == 1
+
+
+# Regression (issue 16): a timeout of 10**400 (an int too large for a float) raised OverflowError.
+async def test_timeout_int_too_large_for_a_float_means_no_limit(fast_clock: None) -> None:
+    """A timeout of 10**400 counts as math.inf, no limit: in Dispatcher(), submit() and close()."""
+
+    async def nap(value: str) -> str:
+        await asyncio.sleep(10**6)
+        return value
+
+    async with Dispatcher(workers=2, timeout=10**400) as d:
+        by_default = await d.submit(nap, "default")
+        per_job = await d.submit(nap, "per job", timeout=10**400)
+        assert by_default.options == per_job.options == {"timeout": math.inf}
+        report = await d.close(timeout=10**400)
+    assert (by_default.result(), per_job.result()) == ("default", "per job")
+    assert len(report) == 0
+
+
+# Regression (issue 16): a timeout of -10**400 raised OverflowError, not the ValueError naming it.
+async def test_timeout_negative_int_too_large_for_a_float_is_refused() -> None:
+    """timeout=-10**400 is a ValueError naming timeout, in Dispatcher(), submit() and close()."""
+    below = "got a negative int too large for a float"
+    with pytest.raises(ValueError, match=f"^timeout must be > 0 seconds .*, {below}$"):
+        Dispatcher(workers=1, timeout=-(10**400))
+    async with Dispatcher(workers=1) as d:
+        with pytest.raises(ValueError, match=f"^timeout must be > 0 seconds .*, {below}$"):
+            await d.submit(asyncio.sleep, 0, timeout=-(10**400))
+        with pytest.raises(ValueError, match=f"^timeout must be >= 0 seconds, {below}$"):
+            await d.close(timeout=-(10**400))
+        assert d.stats().submitted == 0
+
+
+# Regression (issue 16): a grace of 10**400 raised OverflowError (math.isfinite of a huge int).
+@pytest.mark.parametrize("grace", [10**400, -(10**400)], ids=["10**400", "-10**400"])
+def test_grace_int_too_large_for_a_float_is_refused(grace: int) -> None:
+    """A grace must be finite: one too large for a float is a ValueError naming grace."""
+    with pytest.raises(
+        ValueError, match=r"^grace must be a finite number of seconds >= 0 \("
+    ) as caught:
+        check_grace(grace)
+    assert "int too large for a float" in str(caught.value)
 
 
 # ---------------------------------------------------- options on the handle

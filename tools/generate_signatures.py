@@ -128,28 +128,26 @@ def _protocol(name: str, doc: str, overloads: list[tuple[list[str], str]], retur
 
 
 def _map_overloads() -> list[tuple[list[str], str]]:
+    """(parameter lines, yielded type) for each overload of map."""
     result = []
-    for fn_type in ("Callable[[A], Coroutine[Any, Any, T]]", "Callable[[A], T]"):
-        for flag in ("Literal[False] = ...", "Literal[True]"):
-            result.append((fn_type, flag))
-    for fn_type in ("Callable[[A], Coroutine[Any, Any, T]]", "Callable[[A], T]"):
-        result.append((fn_type, "bool"))
-    return [
-        (
-            [
-                f"fn: {fn_type},",
-                "iterable: Iterable[A] | AsyncIterable[A],",
-                "/,",
-                "*,",
-                "ordered: bool = ...,",
-                "window: int | None = ...,",
-                f"return_exceptions: {flag},",
-                *_options(),
-            ],
-            "False" if flag.startswith("Literal[False]") else "True",
-        )
-        for fn_type, flag in result
-    ]
+    for pairs in ("Literal[False] = ...", "Literal[True]"):
+        for flag in ("Literal[False] = ...", "Literal[True]", "bool"):
+            for fn_type in ("Callable[[A], Coroutine[Any, Any, T]]", "Callable[[A], T]"):
+                outcome = "T" if flag.startswith("Literal[False]") else "T | BaseException"
+                item = outcome if pairs.startswith("Literal[False]") else f"tuple[A, {outcome}]"
+                params = [
+                    f"fn: {fn_type},",
+                    "iterable: Iterable[A] | AsyncIterable[A],",
+                    "/,",
+                    "*,",
+                    "ordered: bool = ...,",
+                    "window: int | None = ...,",
+                    f"return_exceptions: {flag},",
+                    f"with_items: {pairs},",
+                    *_options(),
+                ]
+                result.append((params, item))
+    return result
 
 
 def render() -> str:
@@ -171,8 +169,7 @@ def render() -> str:
         '    """`dispatcher.map(fn, iterable, ...)`: an async generator of the results."""',
         "",
     ]
-    for params, exceptions in _map_overloads():
-        item = "T" if exceptions == "False" else "T | BaseException"
+    for params, item in _map_overloads():
         out.append("    @overload")
         out.append("    def __call__(")
         out.append("        self,")

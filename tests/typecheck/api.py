@@ -72,6 +72,14 @@ async def check(d: Dispatcher) -> None:
         d.map(fetch, ["a"], return_exceptions=flag),
         AsyncGenerator[dict[str, int] | BaseException, None],
     )
+    assert_type(
+        d.map(fetch, ["a"], return_exceptions=True, with_items=True),
+        AsyncGenerator[tuple[str, dict[str, int] | BaseException], None],
+    )
+    assert_type(
+        d.map(blocking, ["/a"], ordered=False, with_items=True),
+        AsyncGenerator[tuple[str, float], None],
+    )
     async for handle_done in asyncpool.as_completed([handle]):
         assert_type(handle_done, JobHandle[int])
     d.resize(4)
