@@ -282,6 +282,24 @@ class Dispatcher:
         """A map cut short by a cancellation drops `handle`: list it in the next report."""
         self._core.cut_short(handle)
 
+    def _cut_short_unsubmitted(
+        self, fn: Callable[[Any], Any], item: Any, job_options: dict[str, Any]
+    ) -> None:
+        """A map cut short while `fn(item)` waited for room: list it as never started.
+
+        The job is accepted past the bound and cancelled at once, so that
+        the next `ShutdownReport` holds the item. When the dispatcher no
+        longer accepts jobs, there is no report to put it in.
+        """
+        args, kwargs = (item,), dict(job_options)
+        try:
+            mode, target, opts = self._classifier.prepare(fn, args, kwargs)
+        except DispatcherClosed:
+            return
+        handle = self._core.enqueue(mode, target, args, kwargs, opts, False)
+        assert handle is not None
+        self._core.cut_short(handle)
+
     def _report(self, handle: JobHandle[Any], exc: BaseException) -> None:
         """Report a failure nobody will see otherwise (`on_error`, or the log)."""
         self._core.reporter.report(handle, exc)
@@ -576,9 +594,10 @@ class Dispatcher:
         deadline, Ctrl+C) cancels the jobs it has in flight as a shutdown
         does: they are listed in the dispatcher's next `ShutdownReport`
         (`never_started` or `interrupted`; `undelivered` for jobs that had
-        finished but were not yielded yet), and each handle's `args[0]` is
-        its item, so you know what to resume. Items the map has not read yet
-        are still in your input.
+        finished but were not yielded yet; an item read and still waiting
+        for room is accepted and listed as never started), and each handle's
+        `args[0]` is its item, so you know what to resume. Items the map has
+        not read yet are still in your input.
 
         Raises:
             TypeError: `fn` is not callable, `iterable` is neither iterable

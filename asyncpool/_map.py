@@ -121,7 +121,15 @@ async def _map(
                 if item is _END:
                     exhausted = True
                     break
-                in_flight.add(await dispatcher.submit(fn, item, **job_options))
+                try:
+                    handle = await dispatcher.submit(fn, item, **job_options)
+                except asyncio.CancelledError:
+                    # Cut short while waiting for room with an item in hand:
+                    # record it, so that the item is not lost to the user.
+                    dispatcher._cut_short_unsubmitted(fn, item, job_options)
+                    raise
+                in_flight.add(handle)
+                del handle
             if not in_flight:
                 return
             # A failure is raised here, at its position (the `finally` then

@@ -16,6 +16,7 @@ depend on it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -60,6 +61,12 @@ class MapHost(Protocol):
 
     def _cut_short(self, handle: JobHandle[Any]) -> None:
         """A map cut short by a cancellation drops `handle`: list it in the next report."""
+        ...
+
+    def _cut_short_unsubmitted(
+        self, fn: Callable[[Any], Any], item: Any, job_options: dict[str, Any]
+    ) -> None:
+        """A map cut short while `fn(item)` waited for room: list it as never started."""
         ...
 
     def _report(self, handle: JobHandle[Any], exc: BaseException) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 import asyncpool
 from asyncpool import DispatcherClosed, JobHandle, as_completed
+from asyncpool._testing import internals
 from tests._jobs import Gate, check_stats
 
 T = TypeVar("T")
@@ -871,3 +872,38 @@ async def test_map_cut_short_lists_finished_but_unyielded_jobs_as_undelivered() 
     assert [h.args[0] for h in report.interrupted] == [0]
     assert [(h.args[0], h.result()) for h in report.undelivered] == [(1, 1), (2, 2)]
     assert "undelivered=2" in repr(report)
+
+
+async def test_map_cut_short_while_waiting_for_room_keeps_the_item_it_read() -> None:
+    """An item read and waiting for room when the map is cut short is listed as never started."""
+    blocker = Gate()
+
+    async def job(item: int) -> int:
+        return item
+
+    d = asyncpool.Dispatcher(workers=1, queue_size=1)
+    await d.start()
+    await d.submit(blocker)  # holds the only worker
+    await blocker.started.wait()
+    await d.submit(job, -1)  # fills the only place in the queue
+    read: list[int] = []
+
+    def items() -> Iterator[int]:
+        for n in range(5):
+            read.append(n)
+            yield n
+
+    async def consume() -> None:
+        async for _ in d.map(job, items()):
+            pass
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.sleep(0)  # the consumer's first step: it reads item 0, then waits for room
+    assert internals(d).waiting_submitters == 1
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    blocker.release()
+    report = await d.close()
+    assert read == [0]
+    assert [h.args[0] for h in report.never_started] == [0]
