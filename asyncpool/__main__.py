@@ -1,12 +1,15 @@
-"""The command line: `python -m asyncpool demo`, `make demo` and the `asyncpool-demo` script.
+"""The command line: `python -m asyncpool demo|worker|dead-letters`, `asyncpool-demo`.
 
 This module owns the arguments, the choice of event loop, and the rule that
 bad input is a one-line message on stderr and exit status 2, never a
-traceback. The demo itself lives in `asyncpool/_demo.py`.
+traceback. The demo itself lives in `asyncpool/_demo.py`; the worker and
+the dead-letter commands in `asyncpool/_worker.py`.
 
-Exit status: 0 when the scan finished (unreadable files are reported, not
-fatal), 1 if a job raised, 2 for bad input or a missing optional
-dependency, 130 when interrupted.
+Exit status of `demo`: 0 when the scan finished (unreadable files are
+reported, not fatal), 1 if a job raised, 2 for bad input or a missing
+optional dependency, 130 when interrupted. `worker` exits 0 after a
+graceful stop (SIGTERM or SIGINT), 1 if serving failed, 2 for bad input.
+`dead-letters` exits 0, or 1 when an id to requeue is not a dead letter.
 """
 
 from __future__ import annotations
@@ -80,6 +83,40 @@ def build_parser(prog: str = "python -m asyncpool") -> argparse.ArgumentParser:
         description=_DEMO_DESCRIPTION,
     )
     _add_demo_arguments(demo)
+    worker = commands.add_parser(
+        "worker",
+        help="run the jobs of a broker (NATS JetStream) in this process",
+        description=(
+            "Import MODULE, take its broker BROKER, and run its jobs on a Dispatcher "
+            "of --workers workers until SIGTERM or SIGINT. Then stop taking jobs, hand "
+            "the unstarted ones back at once, let running jobs finish within --grace "
+            "seconds, hand back what is still running, print what happened, exit 0."
+        ),
+    )
+    worker.add_argument("broker", metavar="MODULE:BROKER", help="e.g. app.tasks:broker")
+    worker.add_argument(
+        "--workers", type=int, default=8, help="how many jobs run at once (default: 8)"
+    )
+    worker.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds running jobs get to finish once asked to stop (default: 30)",
+    )
+    worker.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop"
+    )
+    worker.set_defaults(prog=f"{prog} worker")
+    dead = commands.add_parser(
+        "dead-letters",
+        help="list a broker's dead letters, or requeue them",
+        description="List the dead letters of MODULE:BROKER, or requeue some (by id) or all.",
+    )
+    dead.add_argument("broker", metavar="MODULE:BROKER", help="e.g. app.tasks:broker")
+    dead.add_argument("action", choices=("list", "requeue"), nargs="?", default="list")
+    dead.add_argument("ids", nargs="*", metavar="ID", help="job ids to requeue, or --all")
+    dead.add_argument("--all", action="store_true", help="requeue every dead letter")
+    dead.set_defaults(prog=f"{prog} dead-letters")
     return parser
 
 
@@ -106,7 +143,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _build_demo_script_parser().parse_args()
     else:
         args = build_parser().parse_args(argv)
+    if getattr(args, "command", "demo") == "worker":
+        return _run_worker(args)
+    if getattr(args, "command", "demo") == "dead-letters":
+        return _run_dead_letters(args)
     return _run_demo(args)
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if name != "uvloop":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    prog: str = args.prog
+    if args.workers < 1:
+        print(f"{prog}: error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.grace >= 0:
+        print(f"{prog}: error: --grace must be >= 0, got {args.grace}", file=sys.stderr)
+        return EXIT_USAGE
+    from ._worker import WorkerUsageError, load_broker, run_worker
+
+    try:
+        broker = load_broker(args.broker)
+        factory = _loop_factory(args.loop)
+    except (WorkerUsageError, ImportError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run_worker(broker, workers=args.workers, grace=args.grace, out=sys.stderr))
+    except Exception as exc:
+        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED_JOBS
+    return EXIT_OK
+
+
+def _run_dead_letters(args: argparse.Namespace) -> int:
+    prog: str = args.prog
+    from ._worker import WorkerUsageError, load_broker, run_dead_letters
+
+    ids: list[str] = ["--all"] if args.all else list(args.ids)
+    if args.action == "requeue" and not ids:
+        print(f"{prog}: error: requeue needs job ids or --all", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        broker = load_broker(args.broker)
+        return asyncio.run(run_dead_letters(broker, args.action, ids, sys.stdout))
+    except WorkerUsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _run_demo(args: argparse.Namespace) -> int:

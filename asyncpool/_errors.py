@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ("AsyncPoolError", "DispatcherClosed", "JobTimeout", "QueueFull")
+__all__ = ("AsyncPoolError", "DispatcherClosed", "JobTimeout", "QueueFull", "RemoteJobError")
 
 
 class AsyncPoolError(Exception):
@@ -40,3 +40,44 @@ class JobTimeout(AsyncPoolError, TimeoutError):
     is the `TimeoutError` of the time limit, whose cause is the cancellation
     that stopped the job.
     """
+
+
+class RemoteJobError(AsyncPoolError):
+    """A remote job failed on a worker, or could not run there.
+
+    Awaiting a `RemoteHandle` raises it when the job's last attempt failed
+    (unless the job's own exception class was registered with
+    `broker.register_error`, which rebuilds that exception instead), or when
+    the job became a dead letter without running: its task name unknown to
+    the worker, its payload undecodable, or every delivery lost to workers
+    that died.
+
+    Attributes:
+        job_id: The remote job's id.
+        type_name: The remote exception's qualified type name (for a refused
+            job: "UnknownTask", "PayloadError" or "DeliveriesExhausted").
+        message: `str()` of the remote exception.
+        traceback: The remote traceback, as text ("" when there is none);
+            it is also attached as a note, so it shows when the error is printed.
+        attempts: How many times the job started.
+        state: "failed" (it ran and failed) or "dead" (it was refused).
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        type_name: str,
+        message: str,
+        traceback: str = "",
+        attempts: int = 0,
+        state: str = "failed",
+    ) -> None:
+        super().__init__(f"{type_name}: {message} (remote job {job_id}, {attempts} attempt(s))")
+        self.job_id = job_id
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+        self.attempts = attempts
+        self.state = state
+        if traceback:
+            self.add_note(f"Remote traceback (job {job_id}):\n{traceback.rstrip()}")

@@ -1,0 +1,605 @@
+"""`JetStreamBroker`: asyncpool's jobs across processes and machines, on NATS JetStream.
+
+```python
+from asyncpool import Dispatcher
+from asyncpool.jetstream import JetStreamBroker
+
+broker = JetStreamBroker("nats://127.0.0.1:4222")
+
+@broker.task
+async def resize(path: str) -> int: ...
+
+# a producer (a web app):
+async with broker:
+    handle = await broker.submit(resize, "a.png")
+    print(await handle)
+
+# a worker (or: python -m asyncpool worker app:broker --workers 16):
+async with broker, Dispatcher(workers=16) as dispatcher:
+    await broker.serve(dispatcher)
+```
+
+Needs the `jetstream` extra (nats-py) and a NATS server 2.9 or newer with
+JetStream on. What the broker keeps on the server, all named from `name`:
+
+* the work-queue stream `<name>_jobs`, subjects `<name>.jobs.<lane>`:
+  three priority lanes (`high`, `normal`, `low`, by the sign of the job's
+  priority) and `key_partitions` key lanes (`key.0`, `key.1`, ...); a
+  durable pull consumer per lane. A key lane lets one job out at a time
+  (`max_ack_pending=1`), so jobs of one key never overlap and run in
+  submission order, on any number of machines;
+* the KV bucket `<name>_results` (terminal records, kept `result_ttl`
+  seconds) and `<name>_cancels` (cancellation requests, as long);
+* the stream `<name>_dead`: dead letters.
+
+The server owns the lease (`ack_wait`), its extension (`in_progress`),
+delayed redelivery (`nak(delay)`) and delivery counts; a publish carries
+`Nats-Msg-Id` (the job id), so a retried publish never enqueues twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import re
+from collections.abc import Callable
+from typing import Any, Final
+
+try:
+    import nats
+    import nats.errors
+    import nats.js.errors
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+    from nats.js import JetStreamContext, api
+    from nats.js.kv import KeyValue
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "asyncpool.jetstream needs nats-py: pip install 'asyncpool-dispatch[jetstream]'"
+    ) from exc
+
+from ._broker import Broker
+from ._codecs import Codec
+from ._deadletters import DeadLetter
+from ._envelope import Envelope, partition_of
+from ._options import check_timeout
+from ._transport import Delivery
+
+__all__ = ("JetStreamBroker",)
+
+CODEC_HEADER: Final = "Asyncpool-Codec"
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_LANES: Final = ("high", "normal", "low")
+_NO_MORE: Final = frozenset({"404", "408", "409"})
+
+
+class JetStreamDelivery:
+    """One job message pulled from a lane's consumer."""
+
+    __slots__ = ("_msg", "attempt")
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        self.attempt: int = msg.metadata.num_delivered
+
+    @property
+    def data(self) -> bytes:
+        return self._msg.data
+
+    @property
+    def codec_name(self) -> str | None:
+        headers = self._msg.headers
+        return headers.get(CODEC_HEADER) if headers else None
+
+    @property
+    def message_id(self) -> str:
+        headers = self._msg.headers
+        msg_id = headers.get("Nats-Msg-Id") if headers else None
+        return msg_id or f"stream-seq-{self._msg.metadata.sequence.stream}"
+
+    @property
+    def subject(self) -> str:
+        return self._msg.subject
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def nak(self, delay: float) -> None:
+        await self._msg.nak(delay=delay or None)
+
+    async def extend(self) -> None:
+        await self._msg.in_progress()
+
+
+class _Lane:
+    """One durable pull consumer, fetched without waiting."""
+
+    __slots__ = ("name", "subject", "_nc", "_next", "_inbox", "_sub", "ready")
+
+    def __init__(self, nc: Client, stream: str, consumer: str, subject: str) -> None:
+        self.name = consumer
+        self.subject = subject
+        self._nc = nc
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = nc.new_inbox()
+        self._sub: Subscription | None = None
+        self.ready = True
+
+    async def open(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def pull(self, most: int) -> list[Msg]:
+        """Up to `most` messages that are ready now (a no-wait pull request)."""
+        sub = self._sub
+        assert sub is not None
+        got: list[Msg] = []
+        # Messages of an earlier request that arrived after it gave up: take
+        # them first, within this grant.
+        while len(got) < most and sub._pending_queue.qsize():
+            msg = sub._pending_queue.get_nowait()
+            sub._pending_size -= len(msg.data)
+            if not _status(msg):
+                got.append(msg)
+        if len(got) >= most:
+            return got
+        request = json.dumps({"batch": most - len(got), "no_wait": True}).encode()
+        await self._nc.publish(self._next, request, reply=self._inbox)
+        try:
+            while len(got) < most:
+                try:
+                    msg = await sub.next_msg(timeout=5.0)
+                except nats.errors.TimeoutError:
+                    break
+                status = _status(msg)
+                if status is None:
+                    got.append(msg)
+                elif status in _NO_MORE:
+                    break
+        except asyncio.CancelledError:
+            # Stopped mid-pull: what arrived is handed back now, not after its lease.
+            for msg in got:
+                await msg.nak()
+            raise
+        self.ready = len(got) >= most
+        return got
+
+    async def hand_back_strays(self) -> int:
+        """Hand back messages that arrived after their request gave up; return how many."""
+        sub = self._sub
+        if sub is None:
+            return 0
+        count = 0
+        while sub._pending_queue.qsize():
+            msg = sub._pending_queue.get_nowait()
+            sub._pending_size -= len(msg.data)
+            if not _status(msg):
+                await msg.nak()
+                count += 1
+        return count
+
+
+def _status(msg: Msg) -> str | None:
+    headers = msg.headers
+    if headers and "Status" in headers:
+        return str(headers["Status"])
+    return None
+
+
+class _JetStreamTransport:
+    """`asyncpool._transport.Transport` on a NATS connection."""
+
+    def __init__(self, broker: JetStreamBroker, nc: Client, js: JetStreamContext) -> None:
+        self._broker = broker
+        self._nc = nc
+        self._js = js
+        self._lanes: list[_Lane] = []
+        self._key_lanes: list[_Lane] = []
+        self._bell = asyncio.Event()
+        self._results: KeyValue | None = None
+        self._cancels: KeyValue | None = None
+        self._watched: set[str] = set()
+        self._subs: list[Subscription] = []
+        self.recheck_interval = min(0.5, broker.ack_wait / 4)
+        self.lease_period = broker.ack_wait / 3
+
+    # -- set up --------------------------------------------------------
+
+    async def open(self) -> None:
+        b = self._broker
+        js = self._js
+        await _ensure_stream(
+            js,
+            api.StreamConfig(
+                name=b.stream,
+                subjects=[f"{b.name}.jobs.>"],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                storage=api.StorageType.FILE,
+                duplicate_window=120.0,
+            ),
+        )
+        await _ensure_stream(
+            js,
+            api.StreamConfig(
+                name=b.dead_stream,
+                subjects=[f"{b.name}.dead"],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                duplicate_window=120.0,
+            ),
+        )
+        self._results = await _ensure_bucket(js, f"{b.name}_results", b.result_ttl)
+        self._cancels = await _ensure_bucket(js, f"{b.name}_cancels", b.result_ttl)
+        lanes = [(f"{b.name}_{lane}", f"{b.name}.jobs.{lane}", -1) for lane in _LANES]
+        keyed = [
+            (f"{b.name}_key_{i}", f"{b.name}.jobs.key.{i}", 1) for i in range(b.key_partitions)
+        ]
+        for consumer, subject, max_ack_pending in lanes + keyed:
+            await _ensure_consumer(
+                js,
+                b.stream,
+                api.ConsumerConfig(
+                    durable_name=consumer,
+                    filter_subject=subject,
+                    ack_policy=api.AckPolicy.EXPLICIT,
+                    deliver_policy=api.DeliverPolicy.ALL,
+                    ack_wait=b.ack_wait,
+                    max_deliver=-1,
+                    max_ack_pending=max_ack_pending,
+                    max_waiting=4096,
+                ),
+            )
+            lane = _Lane(self._nc, b.stream, consumer, subject)
+            (self._key_lanes if max_ack_pending == 1 else self._lanes).append(lane)
+        # Results of this process's jobs, pushed as they are written.
+        self._subs.append(
+            await self._nc.subscribe(f"$KV.{b.name}_results.{b._origin}.>", cb=self._record_arrived)
+        )
+
+    async def close(self) -> None:
+        for lane in self._lanes + self._key_lanes:
+            await lane.close()
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _record_arrived(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        if headers.get("KV-Operation") in ("DEL", "PURGE"):
+            return
+        job_id = msg.subject.split(".", 2)[2]
+        self._broker._outcome_arrived(job_id, msg.data)
+
+    # -- jobs ----------------------------------------------------------
+
+    def subject_for(self, priority: int, key: str | int | None) -> str:
+        b = self._broker
+        if key is not None:
+            return f"{b.name}.jobs.key.{partition_of(key, b.key_partitions)}"
+        lane = "high" if priority > 0 else "low" if priority < 0 else "normal"
+        return f"{b.name}.jobs.{lane}"
+
+    async def publish(self, envelope: Envelope, data: bytes, codec_name: str) -> None:
+        await self._js.publish(
+            self.subject_for(envelope.priority, envelope.key),
+            data,
+            headers={"Nats-Msg-Id": envelope.id, CODEC_HEADER: codec_name},
+        )
+
+    async def fetch(self, most: int) -> list[Delivery]:
+        if not self._lanes[0]._sub:
+            for lane in self._lanes + self._key_lanes:
+                await lane.open()
+            await self._start_bell()
+        got: list[Delivery] = []
+        for lane in self._lanes + self._key_lanes:
+            if len(got) >= most:
+                break
+            if lane.ready:
+                got.extend(JetStreamDelivery(m) for m in await lane.pull(most - len(got)))
+        return got
+
+    async def hand_back_strays(self) -> None:
+        """Hand back what arrived for a pull that was stopped (serve is ending)."""
+        with contextlib.suppress(Exception):
+            await self._nc.flush(timeout=2)
+        for lane in self._lanes + self._key_lanes:
+            await lane.hand_back_strays()
+
+    async def _start_bell(self) -> None:
+        by_subject = {lane.subject: lane for lane in self._lanes + self._key_lanes}
+
+        async def ring(msg: Msg) -> None:
+            lane = by_subject.get(msg.subject)
+            if lane is not None:
+                lane.ready = True
+            self._bell.set()
+
+        self._subs.append(await self._nc.subscribe(f"{self._broker.name}.jobs.>", cb=ring))
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Until a job is published, or `timeout` (redeliveries are not announced)."""
+        self._bell.clear()
+        try:
+            await asyncio.wait_for(self._bell.wait(), timeout)
+        except TimeoutError:
+            # A redelivery (a dead worker's lease ran out, a retry's delay
+            # ended) rings no bell: look in every lane.
+            for lane in self._lanes + self._key_lanes:
+                lane.ready = True
+
+    # -- records -------------------------------------------------------
+
+    async def create_outcome(self, job_id: str, data: bytes) -> bool:
+        assert self._results is not None
+        try:
+            await self._results.create(job_id, data)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def read_outcome(self, job_id: str) -> bytes | None:
+        assert self._results is not None
+        try:
+            entry = await self._results.get(job_id)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return entry.value
+
+    async def delete_outcome(self, job_id: str) -> None:
+        assert self._results is not None
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            await self._results.purge(job_id)
+
+    async def watch_outcome(self, job_id: str, deliver: Callable[[str, bytes], None]) -> None:
+        b = self._broker
+        if job_id.startswith(f"{b._origin}.") or job_id in self._watched:
+            return
+        self._watched.add(job_id)
+        self._subs.append(
+            await self._nc.subscribe(f"$KV.{b.name}_results.{job_id}", cb=self._record_arrived)
+        )
+
+    async def request_cancel(self, job_id: str) -> None:
+        assert self._cancels is not None
+        await self._cancels.put(job_id, b"1")
+
+    async def watch_cancels(self, cancelled: Callable[[str], None]) -> None:
+        assert self._cancels is not None
+        watcher = await self._cancels.watchall(ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is not None and entry.key:
+                    cancelled(entry.key)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    # -- dead letters --------------------------------------------------
+
+    async def dead_letter(self, delivery: Any, letter: dict[str, Any]) -> None:
+        letter = dict(letter, subject=delivery.subject)
+        await self._js.publish(
+            f"{self._broker.name}.dead",
+            json.dumps(letter).encode(),
+            headers={"Nats-Msg-Id": f"dead:{letter['id']}:{letter['attempts']}"},
+        )
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        b = self._broker
+        info = await self._js.stream_info(b.dead_stream)
+        letters: list[DeadLetter] = []
+        if info.state.messages == 0:
+            return letters
+        seq = info.state.first_seq
+        while seq <= info.state.last_seq:
+            try:
+                msg = await self._js.get_msg(b.dead_stream, seq)
+            except nats.js.errors.NotFoundError:
+                seq += 1
+                continue
+            raw = json.loads(msg.data or b"{}")
+            letters.append(
+                DeadLetter(
+                    id=str(raw.get("id")),
+                    task=raw.get("task"),
+                    reason=str(raw.get("reason")),
+                    error=raw.get("error"),
+                    attempts=int(raw.get("attempts") or 0),
+                    payload=base64.b64decode(raw.get("payload") or ""),
+                    codec=raw.get("codec"),
+                    subject=str(raw.get("subject") or ""),
+                    dead_at=float(raw.get("at") or 0.0),
+                    seq=seq,
+                )
+            )
+            seq += 1
+        return letters
+
+    async def requeue(self, letter: DeadLetter) -> None:
+        b = self._broker
+        headers = {"Nats-Msg-Id": f"{letter.id}:requeued:{letter.seq}"}
+        if letter.codec:
+            headers[CODEC_HEADER] = letter.codec
+        subject = letter.subject or f"{b.name}.jobs.normal"
+        await self.delete_outcome(letter.id)
+        await self._js.publish(subject, letter.payload, headers=headers)
+        await self._js.delete_msg(b.dead_stream, letter.seq)
+
+
+async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        assert config.name is not None
+        info = await js.stream_info(config.name)
+        if info.config.retention != config.retention or info.config.subjects != config.subjects:
+            raise RuntimeError(
+                f"a JetStream stream named {config.name!r} exists with another setup "
+                f"(subjects {info.config.subjects}, retention {info.config.retention}): "
+                f"choose another broker name= or delete it ({exc})"
+            ) from exc
+
+
+async def _ensure_bucket(js: JetStreamContext, bucket: str, ttl: float) -> KeyValue:
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    with contextlib.suppress(nats.js.errors.BadRequestError):
+        await js.create_key_value(bucket=bucket, ttl=ttl, history=1)
+    return await js.key_value(bucket)
+
+
+async def _ensure_consumer(js: JetStreamContext, stream: str, config: api.ConsumerConfig) -> None:
+    try:
+        await js.add_consumer(stream, config)
+    except nats.js.errors.BadRequestError:
+        # An existing consumer with older settings: keep it if it is the
+        # same lane (its filter); ack wait and limits are per broker object.
+        assert config.durable_name is not None
+        info = await js.consumer_info(stream, config.durable_name)
+        if info.config.filter_subject != config.filter_subject:
+            raise
+
+
+class JetStreamBroker(Broker):
+    """Submit jobs to NATS JetStream, and serve them on any number of worker processes.
+
+    Args:
+        servers: The NATS server URL(s).
+        name: Names the streams, consumers and buckets (letters, digits,
+            `_` and `-`, at most 32). Brokers with the same name share jobs.
+        ack_wait: The lease, in seconds: a job held by a worker that stops
+            answering (it died, or its machine did) is delivered again this
+            long after its last sign of life. A live worker extends the
+            lease every `ack_wait / 3` while the job runs, so a job may run
+            far longer than this.
+        result_ttl: How long terminal records and cancellations are kept, in
+            seconds.
+        key_partitions: How many key lanes there are (jobs of different keys
+            in one lane wait for each other).
+        codec: "json" (default), "msgpack", or a `Codec` such as
+            `asyncpool.brokers.PickleCodec(secret=...)`.
+        retry: The retry policy of tasks that set none (default: none).
+        max_deliver: The default most deliveries of a job.
+        connect_options: Passed to `nats.connect` (credentials, TLS, ...).
+
+    Raises:
+        TypeError, ValueError: a wrong argument; the message names it.
+    """
+
+    def __init__(
+        self,
+        servers: str | list[str] = "nats://127.0.0.1:4222",
+        *,
+        name: str = "asyncpool",
+        ack_wait: float = 30.0,
+        result_ttl: float = 86_400.0,
+        key_partitions: int = 8,
+        codec: str | Codec = "json",
+        retry: Any = None,
+        max_deliver: int = 5,
+        connect_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(codec=codec, retry=retry, max_deliver=max_deliver)
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(
+                f"name must be 1 to 32 letters, digits, '_' or '-' (it names streams), got {name!r}"
+            )
+        ack = check_timeout(ack_wait)
+        if ack is None or ack < 1:
+            raise ValueError(f"ack_wait must be >= 1 second, got {ack_wait!r}")
+        ttl = check_timeout(result_ttl)
+        if ttl is None or ttl < 1:
+            raise ValueError(f"result_ttl must be >= 1 second, got {result_ttl!r}")
+        if (
+            isinstance(key_partitions, bool)
+            or not isinstance(key_partitions, int)
+            or not 1 <= key_partitions <= 256
+        ):
+            raise ValueError(f"key_partitions must be an int from 1 to 256, got {key_partitions!r}")
+        if isinstance(servers, str):
+            servers = [servers]
+        self.servers = list(servers)
+        self.name = name
+        self.ack_wait = ack
+        self.result_ttl = ttl
+        self.key_partitions = key_partitions
+        self.stream = f"{name}_jobs"
+        self.dead_stream = f"{name}_dead"
+        self._connect_options = dict(connect_options or {})
+        self._nc: Client | None = None
+        self._transport: _JetStreamTransport | None = None
+
+    @property
+    def transport(self) -> _JetStreamTransport:
+        if self._transport is None:
+            raise RuntimeError(f"{self!r} is not open: use `async with broker:` first")
+        return self._transport
+
+    async def _open(self) -> None:
+        options = {"connect_timeout": 5, "max_reconnect_attempts": -1, **self._connect_options}
+        nc = await nats.connect(servers=self.servers, **options)
+        try:
+            transport = _JetStreamTransport(self, nc, nc.jetstream())
+            await transport.open()
+        except BaseException:
+            await nc.close()
+            raise
+        self._nc = nc
+        self._transport = transport
+
+    async def _shut(self) -> None:
+        transport, nc = self._transport, self._nc
+        self._transport = self._nc = None
+        if transport is not None:
+            await transport.close()
+        if nc is not None:
+            await nc.drain()
+
+    def subject_for(self, *, priority: int = 0, key: str | int | None = None) -> str:
+        """The subject jobs of this priority and key are published on."""
+        return self.transport.subject_for(priority, key)
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        """Every dead letter, oldest first."""
+        self._check_open()
+        return await self.transport.dead_letters()
+
+    async def requeue(self, letter: DeadLetter | str) -> None:
+        """Send a dead letter's job back to its queue (its old terminal record is removed).
+
+        Raises:
+            LookupError: no dead letter has that id.
+        """
+        self._check_open()
+        if isinstance(letter, str):
+            matches = [d for d in await self.dead_letters() if d.id == letter]
+            if not matches:
+                raise LookupError(f"no dead letter has the id {letter!r}")
+            letter = matches[-1]
+        await self.transport.requeue(letter)
+
+    async def destroy(self) -> None:
+        """Delete everything this broker keeps on the server (jobs, records, dead letters)."""
+        self._check_open()
+        assert self._nc is not None
+        jsm = self._nc.jetstream()
+        for stream in (self.stream, self.dead_stream):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await jsm.delete_stream(stream)
+        for bucket in (f"{self.name}_results", f"{self.name}_cancels"):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await jsm.delete_key_value(bucket)
+
+    def __repr__(self) -> str:
+        state = "open" if self._transport is not None else "closed"
+        return f"<JetStreamBroker {self.name!r} {state} servers={self.servers}>"
