@@ -16,14 +16,22 @@ import itertools
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, Self, TypeVar, overload
 
 from ._codecs import Codec, PayloadError, codec_named
 from ._envelope import Envelope, Outcome, check_remote_key, retry_numbers
 from ._options import check_retry, check_timeout
 from ._remote import ErrorTypes, RemoteHandle
 from ._retry import Retry
-from ._tasks import JobClass, KeyOption, Task, TaskRegistry, check_defaults, job_arguments
+from ._tasks import (
+    JobClass,
+    KeyOption,
+    Task,
+    TaskRegistry,
+    UnknownTask,
+    check_defaults,
+    job_arguments,
+)
 from ._transport import Transport
 
 if TYPE_CHECKING:
@@ -101,7 +109,7 @@ class Broker(abc.ABC):
 
     # -- lifetime ------------------------------------------------------
 
-    async def __aenter__(self) -> Broker:
+    async def __aenter__(self) -> Self:
         if self._entered:
             raise RuntimeError(f"{self!r} is already open")
         await self._open()
@@ -237,8 +245,7 @@ class Broker(abc.ABC):
                 key=key,
                 max_deliver=max_deliver,
             )
-            self._registry.add(registered)
-            return registered
+            return self._registry.add(registered)
 
         if target is not None:
             return register(target)
@@ -302,8 +309,12 @@ class Broker(abc.ABC):
         options = {name: kwargs.pop(name) for name in OPTION_NAMES & kwargs.keys()}
         if isinstance(target, Task):
             entry: Task[Any, Any] | JobClass = target
-            if self._registry.named(target.name) is not target:
-                raise TypeError(f"{target!r} is registered with another broker")
+            try:
+                known = self._registry.named(target.name)
+            except UnknownTask:
+                known = None
+            if known is not target:
+                raise TypeError(f"{target!r} is registered with another broker, not with {self!r}")
             key_default = target.key_for(args, kwargs)
         else:
             job_class = self._registry.of_class(type(target))

@@ -80,7 +80,7 @@ class JsonCodec:
     def decode(self, data: bytes) -> Any:
         try:
             return json.loads(data)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise PayloadError(f"not a JSON payload: {exc}") from exc
 
     def __repr__(self) -> str:

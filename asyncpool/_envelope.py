@@ -118,7 +118,7 @@ class Envelope:
         raw = codec.decode(data)
         if not isinstance(raw, dict):
             raise PayloadError(f"an envelope is a mapping, got {type(raw).__name__}")
-        if raw.get("v") != FORMAT:
+        if type(raw.get("v")) is not int or raw.get("v") != FORMAT:
             raise PayloadError(f"unknown envelope format {raw.get('v')!r} (this reads {FORMAT})")
         try:
             env = cls(
@@ -131,7 +131,7 @@ class Envelope:
                 priority=_typed(raw, "priority", int),
                 key=raw.get("key"),
                 max_deliver=raw.get("max_deliver"),
-                enqueued_at=float(_typed(raw, "at", (int, float))),
+                enqueued_at=_finite(_typed(raw, "at", (int, float)), "at"),
                 result=bool(_typed(raw, "result", bool)),
             )
             if env.timeout is not None:
@@ -153,17 +153,26 @@ class Envelope:
         if self.retry is None:
             return base
         numbers = dict(self.retry)
+        if set(numbers) - {"attempts", "backoff", "backoff_max", "multiplier", "jitter"}:
+            raise ValueError(f"unknown retry fields {sorted(numbers)}")
         attempts = numbers.pop("attempts", 1)
-        if isinstance(attempts, float) and not math.isfinite(attempts):
-            raise ValueError("retry attempts must be finite")
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            raise ValueError(f"retry attempts must be an int, got {attempts!r}")
         on = base.on if base is not None else Exception
-        return Retry(attempts=int(attempts), on=on, **numbers)
+        return Retry(attempts=attempts, on=on, **numbers)
+
+
+def _finite(value: float, name: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise PayloadError(f"malformed envelope: {name} must be finite")
+    return number
 
 
 def _typed(raw: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = raw.get(name)
-    if isinstance(value, bool) and kind is int:
-        raise PayloadError(f"malformed envelope: {name} must be an int, got a bool")
+    if isinstance(value, bool) and kind is not bool:
+        raise PayloadError(f"malformed envelope: {name} must not be a bool")
     if not isinstance(value, kind):
         raise PayloadError(f"malformed envelope: {name} has type {type(value).__name__}")
     return value
@@ -223,11 +232,22 @@ class Outcome:
             "dead",
         ):
             raise PayloadError("not an outcome record")
+        error = raw.get("error")
+        attempts = raw.get("attempts", 0)
+        at = raw.get("at", 0.0)
+        if (
+            (error is not None and not isinstance(error, dict))
+            or isinstance(attempts, bool)
+            or not isinstance(attempts, int)
+            or isinstance(at, bool)
+            or not isinstance(at, (int, float))
+        ):
+            raise PayloadError("malformed outcome record")
         return cls(
             state=raw["state"],
             value=raw.get("value"),
-            error=raw.get("error"),
-            attempts=int(raw.get("attempts") or 0),
-            finished_at=float(raw.get("at") or 0.0),
+            error=error,
+            attempts=attempts,
+            finished_at=float(at),
             worker=str(raw.get("worker") or ""),
         )

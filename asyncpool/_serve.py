@@ -184,12 +184,20 @@ class Server:
     async def _take(self, intake: Intake) -> None:
         transport = self._transport
         recheck = transport.recheck_interval
-        while True:
+        stop = self._stop
+        # Stopping cancels this task, and it also looks at `stop` after each
+        # wait: a cancellation that arrives as a wait ends can be lost in a
+        # client library's `wait_for` (Python 3.11).
+        while stop is None or not stop.is_set():
             try:
                 free = await intake.capacity()
             except DispatcherClosed:
                 return
             deliveries = await transport.fetch(free)
+            if stop is not None and stop.is_set():
+                for delivery in deliveries:
+                    await delivery.nak(0)
+                return
             if not deliveries:
                 await transport.wait_for_work(recheck)
                 continue

@@ -140,7 +140,12 @@ def job_arguments(job: object) -> dict[str, Any]:
     fields = getattr(job, "__dict__", None)
     if fields is not None:
         params = inspect.signature(type(job)).parameters
-        if set(fields) <= set(params):
+        required = {
+            name
+            for name, p in params.items()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+        if required <= set(fields) <= set(params):
             return dict(fields)
     raise TypeError(
         f"a {type(job).__name__} job cannot travel to a worker: make it a dataclass, or "
@@ -157,8 +162,11 @@ class TaskRegistry:
         self._by_name: dict[str, Registered] = {}
         self._by_target: dict[object, Registered] = {}
 
-    def add(self, entry: Registered) -> None:
-        """Register `entry` under its name.
+    def add(self, entry: Registered) -> Registered:
+        """Register `entry` under its name; return the registration that holds.
+
+        Registering the same function or class again under the same name (a
+        module imported twice) keeps the first registration.
 
         Raises:
             ValueError: another function or class already has that name.
@@ -172,8 +180,10 @@ class TaskRegistry:
                     f"task name {entry.name!r} is already registered for {known_target!r}; "
                     "give one of them another name with @broker.task(name=...)"
                 )
+            return known
         self._by_name[entry.name] = entry
         self._by_target[target] = entry
+        return entry
 
     def named(self, name: str) -> Registered:
         """The task registered as `name`.

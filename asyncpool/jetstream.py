@@ -65,7 +65,6 @@ from ._broker import Broker
 from ._codecs import Codec
 from ._deadletters import DeadLetter
 from ._envelope import Envelope, partition_of
-from ._options import check_timeout
 from ._transport import Delivery
 
 __all__ = ("JetStreamBroker",)
@@ -74,15 +73,18 @@ CODEC_HEADER: Final = "Asyncpool-Codec"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _LANES: Final = ("high", "normal", "low")
 _NO_MORE: Final = frozenset({"404", "408", "409"})
+_SERIAL_LINGER: Final = 0.02
+"""How long a pull request to a key lane waits for its one job (seconds)."""
 
 
 class JetStreamDelivery:
     """One job message pulled from a lane's consumer."""
 
-    __slots__ = ("_msg", "attempt")
+    __slots__ = ("_msg", "_lane", "attempt")
 
-    def __init__(self, msg: Msg) -> None:
+    def __init__(self, msg: Msg, lane: _Lane) -> None:
         self._msg = msg
+        self._lane = lane
         self.attempt: int = msg.metadata.num_delivered
 
     @property
@@ -104,11 +106,19 @@ class JetStreamDelivery:
     def subject(self) -> str:
         return self._msg.subject
 
+    @property
+    def stream_seq(self) -> int:
+        """Where the message sits in the stream: the same for each of its deliveries."""
+        return int(self._msg.metadata.sequence.stream)
+
     async def ack(self) -> None:
         await self._msg.ack()
+        # A key lane lets its next job out now.
+        self._lane.ring()
 
     async def nak(self, delay: float) -> None:
         await self._msg.nak(delay=delay or None)
+        self._lane.ring(delay)
 
     async def extend(self) -> None:
         await self._msg.in_progress()
@@ -117,27 +127,69 @@ class JetStreamDelivery:
 class _Lane:
     """One durable pull consumer, fetched without waiting."""
 
-    __slots__ = ("name", "subject", "_nc", "_next", "_inbox", "_sub", "ready")
+    __slots__ = (
+        "name",
+        "subject",
+        "serial",
+        "_nc",
+        "_next",
+        "_inbox",
+        "_sub",
+        "ready",
+        "rung",
+        "_bell",
+    )
 
-    def __init__(self, nc: Client, stream: str, consumer: str, subject: str) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        consumer: str,
+        subject: str,
+        bell: asyncio.Event,
+        *,
+        serial: bool,
+    ) -> None:
         self.name = consumer
+        self.serial = serial
+        """A key lane: one job out at a time (`max_ack_pending=1`)."""
+        self._bell = bell
         self.subject = subject
         self._nc = nc
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
         self.ready = True
+        """Worth a pull: it may hold jobs."""
+        self.rung = False
+        """A job was published on it since its last pull."""
 
     async def open(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox)
+
+    def ring(self, delay: float = 0.0) -> None:
+        """The lane may hold a job again (now, or after `delay` seconds): look."""
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self.ring)
+            return
+        self.ready = True
+        self._bell.set()
 
     async def close(self) -> None:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
 
-    async def pull(self, most: int) -> list[Msg]:
-        """Up to `most` messages that are ready now (a no-wait pull request)."""
+    async def pull(self, most: int, linger: float = 0.0) -> list[Msg]:
+        """Up to `most` messages that are ready now (a no-wait pull request).
+
+        With `linger`, the request waits up to that long for a first message
+        instead: for a lane whose bell rang before the stream had stored the
+        message (the server tells subscribers and the stream at once).
+        """
+        self.rung = False
+        if self.serial:
+            most = 1
         sub = self._sub
         assert sub is not None
         got: list[Msg] = []
@@ -150,12 +202,21 @@ class _Lane:
                 got.append(msg)
         if len(got) >= most:
             return got
-        request = json.dumps({"batch": most - len(got), "no_wait": True}).encode()
-        await self._nc.publish(self._next, request, reply=self._inbox)
+        wanted: dict[str, Any] = {"batch": most - len(got)}
+        if self.serial:
+            # While its one job is out, the server keeps a request to a key
+            # lane waiting, even a no-wait one, and would hand the next job to
+            # it later, to nobody. So: one job, and a request that expires.
+            wanted = {"batch": 1, "expires": int(max(linger, _SERIAL_LINGER) * 1e9)}
+        elif linger:
+            wanted["expires"] = int(linger * 1e9)
+        else:
+            wanted["no_wait"] = True
+        await self._nc.publish(self._next, json.dumps(wanted).encode(), reply=self._inbox)
         try:
             while len(got) < most:
                 try:
-                    msg = await sub.next_msg(timeout=5.0)
+                    msg = await sub.next_msg(timeout=5.0 + linger)
                 except nats.errors.TimeoutError:
                     break
                 status = _status(msg)
@@ -168,7 +229,7 @@ class _Lane:
             for msg in got:
                 await msg.nak()
             raise
-        self.ready = len(got) >= most
+        self.ready = len(got) >= most if not self.serial else False
         return got
 
     async def hand_back_strays(self) -> int:
@@ -256,12 +317,15 @@ class _JetStreamTransport:
                     max_waiting=4096,
                 ),
             )
-            lane = _Lane(self._nc, b.stream, consumer, subject)
+            lane = _Lane(
+                self._nc, b.stream, consumer, subject, self._bell, serial=max_ack_pending == 1
+            )
             (self._key_lanes if max_ack_pending == 1 else self._lanes).append(lane)
-        # Results of this process's jobs, pushed as they are written.
-        self._subs.append(
-            await self._nc.subscribe(f"$KV.{b.name}_results.{b._origin}.>", cb=self._record_arrived)
-        )
+        # Records of this process's jobs, pushed as they are stored. A
+        # consumer of the bucket's stream, not a plain subscription to its
+        # subjects: that would also see a write the stream refused (a second
+        # record for a job that has one).
+        self._subs.append(await self._watch_records(f"{b._origin}.>", api.DeliverPolicy.NEW))
 
     async def close(self) -> None:
         for lane in self._lanes + self._key_lanes:
@@ -269,6 +333,16 @@ class _JetStreamTransport:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _watch_records(self, keys: str, deliver: api.DeliverPolicy) -> Subscription:
+        bucket = f"{self._broker.name}_results"
+        return await self._js.subscribe(
+            f"$KV.{bucket}.{keys}",
+            stream=f"KV_{bucket}",
+            cb=self._record_arrived,
+            ordered_consumer=True,
+            deliver_policy=deliver,
+        )
 
     async def _record_arrived(self, msg: Msg) -> None:
         headers = msg.headers or {}
@@ -303,7 +377,11 @@ class _JetStreamTransport:
             if len(got) >= most:
                 break
             if lane.ready:
-                got.extend(JetStreamDelivery(m) for m in await lane.pull(most - len(got)))
+                rung = lane.rung
+                pulled = await lane.pull(most - len(got))
+                if not pulled and rung and not lane.serial:
+                    pulled = await lane.pull(1, linger=0.05)
+                got.extend(JetStreamDelivery(m, lane) for m in pulled)
         return got
 
     async def hand_back_strays(self) -> None:
@@ -319,7 +397,7 @@ class _JetStreamTransport:
         async def ring(msg: Msg) -> None:
             lane = by_subject.get(msg.subject)
             if lane is not None:
-                lane.ready = True
+                lane.ready = lane.rung = True
             self._bell.set()
 
         self._subs.append(await self._nc.subscribe(f"{self._broker.name}.jobs.>", cb=ring))
@@ -328,7 +406,10 @@ class _JetStreamTransport:
         """Until a job is published, or `timeout` (redeliveries are not announced)."""
         self._bell.clear()
         try:
-            await asyncio.wait_for(self._bell.wait(), timeout)
+            # Not wait_for: on 3.11 it may swallow a cancellation that comes
+            # as the bell rings, and serve would never stop.
+            async with asyncio.timeout(timeout):
+                await self._bell.wait()
         except TimeoutError:
             # A redelivery (a dead worker's lease ran out, a retry's delay
             # ended) rings no bell: look in every lane.
@@ -363,9 +444,8 @@ class _JetStreamTransport:
         if job_id.startswith(f"{b._origin}.") or job_id in self._watched:
             return
         self._watched.add(job_id)
-        self._subs.append(
-            await self._nc.subscribe(f"$KV.{b.name}_results.{job_id}", cb=self._record_arrived)
-        )
+        # Its record if it has one already, and any written later.
+        self._subs.append(await self._watch_records(job_id, api.DeliverPolicy.LAST_PER_SUBJECT))
 
     async def request_cancel(self, job_id: str) -> None:
         assert self._cancels is not None
@@ -389,7 +469,9 @@ class _JetStreamTransport:
         await self._js.publish(
             f"{self._broker.name}.dead",
             json.dumps(letter).encode(),
-            headers={"Nats-Msg-Id": f"dead:{letter['id']}:{letter['attempts']}"},
+            # One dead letter per job message, however often its death is
+            # written (a worker may die between this and its ack).
+            headers={"Nats-Msg-Id": f"dead:{letter['id']}:{delivery.stream_seq}"},
         )
 
     async def dead_letters(self) -> list[DeadLetter]:
@@ -432,6 +514,15 @@ class _JetStreamTransport:
         await self.delete_outcome(letter.id)
         await self._js.publish(subject, letter.payload, headers=headers)
         await self._js.delete_msg(b.dead_stream, letter.seq)
+
+
+def _seconds(name: str, value: object) -> float:
+    """A finite number of seconds >= 1 (NATS keeps durations in whole nanoseconds)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not (1 <= value < 10**9):
+        raise ValueError(f"{name} must be from 1 to 10**9 seconds, got {value!r}")
+    return float(value)
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -514,12 +605,8 @@ class JetStreamBroker(Broker):
             raise ValueError(
                 f"name must be 1 to 32 letters, digits, '_' or '-' (it names streams), got {name!r}"
             )
-        ack = check_timeout(ack_wait)
-        if ack is None or ack < 1:
-            raise ValueError(f"ack_wait must be >= 1 second, got {ack_wait!r}")
-        ttl = check_timeout(result_ttl)
-        if ttl is None or ttl < 1:
-            raise ValueError(f"result_ttl must be >= 1 second, got {result_ttl!r}")
+        ack = _seconds("ack_wait", ack_wait)
+        ttl = _seconds("result_ttl", result_ttl)
         if (
             isinstance(key_partitions, bool)
             or not isinstance(key_partitions, int)

@@ -1,0 +1,1 @@
+"""Tests of the distributed brokers (asyncpool.jetstream) against real servers."""
