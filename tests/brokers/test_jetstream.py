@@ -1,4 +1,4 @@
-"""The JetStream broker's contract, in one process, on real servers (the machine's 2.9 and the bundled release).
+"""The JetStream broker's contract in one process, on real servers (machine 2.9 and bundled).
 
 Producer and worker share the process here (a `Dispatcher` and
 `broker.serve()` beside `broker.submit()`), so a job can signal the test
