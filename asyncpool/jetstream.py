@@ -73,6 +73,8 @@ CODEC_HEADER: Final = "Asyncpool-Codec"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _LANES: Final = ("high", "normal", "low")
 _NO_MORE: Final = frozenset({"404", "408", "409"})
+_SUSPECT_RECHECK: Final = 0.005
+"""How soon a lane whose bell rang but that was found empty is looked at again (seconds)."""
 _SERIAL_LINGER: Final = 0.02
 """How long a pull request to a key lane waits for its one job (seconds)."""
 
@@ -180,13 +182,8 @@ class _Lane:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
 
-    async def pull(self, most: int, linger: float = 0.0) -> list[Msg]:
-        """Up to `most` messages that are ready now (a no-wait pull request).
-
-        With `linger`, the request waits up to that long for a first message
-        instead: for a lane whose bell rang before the stream had stored the
-        message (the server tells subscribers and the stream at once).
-        """
+    async def pull(self, most: int) -> list[Msg]:
+        """Up to `most` messages that are ready now (a no-wait pull request)."""
         self.rung = False
         if self.serial:
             most = 1
@@ -207,16 +204,14 @@ class _Lane:
             # While its one job is out, the server keeps a request to a key
             # lane waiting, even a no-wait one, and would hand the next job to
             # it later, to nobody. So: one job, and a request that expires.
-            wanted = {"batch": 1, "expires": int(max(linger, _SERIAL_LINGER) * 1e9)}
-        elif linger:
-            wanted["expires"] = int(linger * 1e9)
+            wanted = {"batch": 1, "expires": int(_SERIAL_LINGER * 1e9)}
         else:
             wanted["no_wait"] = True
         await self._nc.publish(self._next, json.dumps(wanted).encode(), reply=self._inbox)
         try:
             while len(got) < most:
                 try:
-                    msg = await sub.next_msg(timeout=5.0 + linger)
+                    msg = await sub.next_msg(timeout=5.0)
                 except nats.errors.TimeoutError:
                     break
                 status = _status(msg)
@@ -264,6 +259,7 @@ class _JetStreamTransport:
         self._lanes: list[_Lane] = []
         self._key_lanes: list[_Lane] = []
         self._bell = asyncio.Event()
+        self._suspects: list[_Lane] = []
         self._results: KeyValue | None = None
         self._cancels: KeyValue | None = None
         self._watched: set[str] = set()
@@ -341,6 +337,9 @@ class _JetStreamTransport:
             stream=f"KV_{bucket}",
             cb=self._record_arrived,
             ordered_consumer=True,
+            # Missed heartbeats are how it notices a restarted server and
+            # resumes where it was: within seconds, not the default 15.
+            idle_heartbeat=1.0,
             deliver_policy=deliver,
         )
 
@@ -379,8 +378,11 @@ class _JetStreamTransport:
             if lane.ready:
                 rung = lane.rung
                 pulled = await lane.pull(most - len(got))
-                if not pulled and rung and not lane.serial:
-                    pulled = await lane.pull(1, linger=0.05)
+                if not pulled and rung:
+                    # Rung, yet empty: the job was taken already (the bell
+                    # came late), or the stream has not stored it yet (the
+                    # server rings the bell and stores at once): look again soon.
+                    self._suspects.append(lane)
                 got.extend(JetStreamDelivery(m, lane) for m in pulled)
         return got
 
@@ -405,12 +407,19 @@ class _JetStreamTransport:
     async def wait_for_work(self, timeout: float) -> None:
         """Until a job is published, or `timeout` (redeliveries are not announced)."""
         self._bell.clear()
+        suspects, self._suspects = self._suspects, []
+        if suspects:
+            timeout = min(timeout, _SUSPECT_RECHECK)
         try:
             # Not wait_for: on 3.11 it may swallow a cancellation that comes
             # as the bell rings, and serve would never stop.
             async with asyncio.timeout(timeout):
                 await self._bell.wait()
         except TimeoutError:
+            if suspects:
+                for lane in suspects:
+                    lane.ready = True
+                return
             # A redelivery (a dead worker's lease ran out, a retry's delay
             # ended) rings no bell: look in every lane.
             for lane in self._lanes + self._key_lanes:
