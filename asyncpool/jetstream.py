@@ -224,7 +224,12 @@ class _Lane:
             for msg in got:
                 await msg.nak()
             raise
-        self.ready = len(got) >= most if not self.serial else False
+        # A bell that rang while the request was out stands: the job it
+        # announced may have been stored after the server answered.
+        if self.serial:
+            self.ready = self.rung and not got
+        else:
+            self.ready = self.rung or len(got) >= most
         return got
 
     async def hand_back_strays(self) -> int:
@@ -371,6 +376,9 @@ class _JetStreamTransport:
             for lane in self._lanes + self._key_lanes:
                 await lane.open()
             await self._start_bell()
+        # Cleared before looking, not when about to wait: a bell that rings
+        # while the lanes are pulled must still wake the wait that follows.
+        self._bell.clear()
         got: list[Delivery] = []
         for lane in self._lanes + self._key_lanes:
             if len(got) >= most:
@@ -406,7 +414,6 @@ class _JetStreamTransport:
 
     async def wait_for_work(self, timeout: float) -> None:
         """Until a job is published, or `timeout` (redeliveries are not announced)."""
-        self._bell.clear()
         suspects, self._suspects = self._suspects, []
         if suspects:
             timeout = min(timeout, _SUSPECT_RECHECK)
