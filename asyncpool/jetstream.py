@@ -43,6 +43,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import re
 from collections.abc import Callable
 from typing import Any, Final
@@ -70,6 +71,7 @@ from ._transport import Delivery
 __all__ = ("JetStreamBroker",)
 
 CODEC_HEADER: Final = "Asyncpool-Codec"
+_log = logging.getLogger("asyncpool")
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _LANES: Final = ("high", "normal", "low")
 _NO_MORE: Final = frozenset({"404", "408", "409"})
@@ -269,8 +271,11 @@ class _JetStreamTransport:
         self._cancels: KeyValue | None = None
         self._watched: set[str] = set()
         self._subs: list[Subscription] = []
-        self.recheck_interval = min(0.5, broker.ack_wait / 4)
-        self.lease_period = broker.ack_wait / 3
+        self._set_lease(broker.ack_wait)
+
+    def _set_lease(self, ack_wait: float) -> None:
+        self.recheck_interval = min(0.5, ack_wait / 4)
+        self.lease_period = ack_wait / 3
 
     # -- set up --------------------------------------------------------
 
@@ -303,8 +308,9 @@ class _JetStreamTransport:
         keyed = [
             (f"{b.name}_key_{i}", f"{b.name}.jobs.key.{i}", 1) for i in range(b.key_partitions)
         ]
+        leases: set[float] = set()
         for consumer, subject, max_ack_pending in lanes + keyed:
-            await _ensure_consumer(
+            lease = await _ensure_consumer(
                 js,
                 b.stream,
                 api.ConsumerConfig(
@@ -318,10 +324,24 @@ class _JetStreamTransport:
                     max_waiting=4096,
                 ),
             )
+            leases.add(lease)
             lane = _Lane(
                 self._nc, b.stream, consumer, subject, self._bell, serial=max_ack_pending == 1
             )
             (self._key_lanes if max_ack_pending == 1 else self._lanes).append(lane)
+        if leases != {b.ack_wait}:
+            # The lease lives on the server, set by whoever created the
+            # consumers: extend leases often enough for the shortest of them.
+            _log.warning(
+                "%r asked for ack_wait=%g s, but the server's consumers of %r keep %s s "
+                "(set when they were created): leases are extended for the shortest; to "
+                "change it, destroy() the broker's streams or edit the consumers",
+                b,
+                b.ack_wait,
+                b.name,
+                ", ".join(f"{lease:g}" for lease in sorted(leases)),
+            )
+            self._set_lease(min(leases | {b.ack_wait}))
         # Records of this process's jobs, pushed as they are stored. A
         # consumer of the bucket's stream, not a plain subscription to its
         # subjects: that would also see a write the stream refused (a second
@@ -565,16 +585,30 @@ async def _ensure_bucket(js: JetStreamContext, bucket: str, ttl: float) -> KeyVa
     return await js.key_value(bucket)
 
 
-async def _ensure_consumer(js: JetStreamContext, stream: str, config: api.ConsumerConfig) -> None:
+async def _ensure_consumer(js: JetStreamContext, stream: str, config: api.ConsumerConfig) -> float:
+    """Create the lane's consumer unless it exists; return its lease (ack wait) in seconds.
+
+    An existing consumer is left as it is: adding it again would update its
+    ack wait to this broker's, and shorten the lease under workers that
+    extend it for a longer one.
+    """
+    assert config.durable_name is not None
     try:
-        await js.add_consumer(stream, config)
-    except nats.js.errors.BadRequestError:
-        # An existing consumer with older settings: keep it if it is the
-        # same lane (its filter); ack wait and limits are per broker object.
-        assert config.durable_name is not None
         info = await js.consumer_info(stream, config.durable_name)
-        if info.config.filter_subject != config.filter_subject:
-            raise
+    except nats.js.errors.NotFoundError:
+        try:
+            info = await js.add_consumer(stream, config)
+        except nats.js.errors.BadRequestError:
+            # Created by another process in the meantime.
+            info = await js.consumer_info(stream, config.durable_name)
+    if info.config.filter_subject != config.filter_subject:
+        raise RuntimeError(
+            f"the consumer {config.durable_name!r} of stream {stream!r} filters "
+            f"{info.config.filter_subject!r}, not {config.filter_subject!r}: it is not this "
+            f"broker's lane (another program uses the name?)"
+        )
+    lease = info.config.ack_wait
+    return float(lease) if lease else float(config.ack_wait or 30.0)
 
 
 class JetStreamBroker(Broker):

@@ -415,6 +415,29 @@ async def test_duplicate_publish_enqueues_once(nats_server: str, broker_name: st
         assert [label for label, _ in gate.runs] == ["once", "next"]
 
 
+# Regression: opening a broker re-added its consumers, so the last process to
+# connect set everyone's lease; a shorter one expired under live workers.
+async def test_the_lease_on_the_server_is_kept_and_extended_for_the_shortest(
+    nats_server: str, broker_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second broker of the same name keeps the server's ack wait, warns, and extends leases for it."""
+    async with JetStreamBroker(nats_server, name=broker_name, ack_wait=30) as first:
+        assert first.transport.lease_period == 10
+        assert first._nc is not None
+        js = first._nc.jetstream()
+        async with JetStreamBroker(nats_server, name=broker_name, ack_wait=3) as shorter:
+            consumer = await js.consumer_info(first.stream, f"{broker_name}_normal")
+            assert consumer.config.ack_wait == 30
+            assert shorter.transport.lease_period == 1
+        async with JetStreamBroker(nats_server, name=broker_name, ack_wait=90) as longer:
+            # Its jobs' leases run out after the server's 30 s: extended for that.
+            assert longer.transport.lease_period == 10
+            assert longer.transport.recheck_interval == 0.5
+        warnings = [r.getMessage() for r in caplog.records if "keep 30 s" in r.getMessage()]
+        assert len(warnings) == 2, warnings
+        assert "ack_wait=3 s" in warnings[0] and "ack_wait=90 s" in warnings[1]
+
+
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
