@@ -1,4 +1,4 @@
-"""aiohttp integration: one `Dispatcher` per application, started and drained with it.
+"""aiohttp integration: a `Dispatcher` (or a broker) per application, started and closed with it.
 
 This module owns the glue between an `aiohttp.web.Application` and a
 `Dispatcher`: `setup` makes the dispatcher and ties its lifetime to the
@@ -8,6 +8,12 @@ by one the jobs that a shutdown had to cancel, are the same as the FastAPI
 integration's (`asyncpool._integration` owns both). It needs the `aiohttp` extra
 (`pip install 'asyncpool-dispatch[aiohttp]'`); `import asyncpool` never
 imports it.
+
+`setup_broker` and `get_broker` do for a broker what `setup` and
+`get_dispatcher` do for a dispatcher: the application submits to the
+broker, and workers elsewhere run the jobs. They know brokers by their
+engine-neutral base class only (`asyncpool._broker.Broker`), and this module
+imports no engine (`asyncpool.jetstream`, ...) nor its client library.
 
 ```python
 from aiohttp import web
@@ -30,7 +36,21 @@ app.router.add_post("/register", register)
 
 A job belongs to the dispatcher, not to the request that submitted it: it
 goes on running when the handler returns, fails, or is cancelled because the
-client went away.
+client went away. A job submitted to a broker belongs to the broker, and
+runs on a worker (`python -m asyncpool worker MODULE:BROKER`):
+
+```python
+broker = asyncpool.aiohttp.setup_broker(app, JetStreamBroker("nats://127.0.0.1:4222"))
+
+
+@broker.task
+async def resize(path: str) -> int: ...
+
+
+async def thumbnail(request: web.Request) -> web.Response:
+    handle = await asyncpool.aiohttp.get_broker(request).submit(resize, "a.png")
+    return web.json_response({"job": handle.id, "size": await handle})
+```
 """
 
 from __future__ import annotations
@@ -49,21 +69,35 @@ except ModuleNotFoundError as exc:
         name=exc.name,
     ) from exc
 
+from ._broker import Broker
 from ._dispatcher import Dispatcher
 from ._handle import JobHandle
 from ._integration import check_grace, log_shutdown
 from ._signatures import _AsyncProcess, _SyncProcess
 
-__all__ = ("DEFAULT_GRACE", "DISPATCHER_KEY", "get_dispatcher", "setup", "spawn")
+__all__ = (
+    "BROKER_KEY",
+    "DEFAULT_GRACE",
+    "DISPATCHER_KEY",
+    "get_broker",
+    "get_dispatcher",
+    "setup",
+    "setup_broker",
+    "spawn",
+)
 
 T = TypeVar("T")
 P = ParamSpec("P")
+BrokerT = TypeVar("BrokerT", bound=Broker)
 
 DISPATCHER_KEY: Final[web.AppKey[Dispatcher]] = web.AppKey("asyncpool.dispatcher", Dispatcher)
 """The application key under which `setup` stores the dispatcher, as in `app[DISPATCHER_KEY]`."""
 
 DEFAULT_GRACE: Final[float] = 10.0
 """Seconds a shutdown lets queued and running jobs finish before cancelling them."""
+
+BROKER_KEY: Final[web.AppKey[Broker]] = web.AppKey("asyncpool.broker", Broker)
+"""The application key under which `setup_broker` stores the broker, as in `app[BROKER_KEY]`."""
 
 
 def setup(
@@ -212,3 +246,94 @@ async def _shut_down(dispatcher: Dispatcher, grace: float | None) -> None:
         return  # the application closed it itself, and has the report
     report = await dispatcher.close(timeout=grace)
     log_shutdown(dispatcher, report, grace)
+
+
+def setup_broker(app: web.Application, broker: BrokerT) -> BrokerT:
+    """Give `app` a broker to submit jobs to, open while the application runs.
+
+    The broker is stored as `app[BROKER_KEY]` now, opened (`async with
+    broker`: it connects, and creates or checks what the engine keeps on its
+    server) when the application starts, and closed when it is cleaned up.
+    aiohttp cleans up after the requests in flight have finished, so a
+    handler can always submit. The jobs submitted are in the broker by then,
+    for the workers (`python -m asyncpool worker MODULE:BROKER`, elsewhere):
+    closing loses none of them, and only cancels waits for results that are
+    still going on.
+
+    Register the tasks that handlers submit on the broker (`@broker.task`).
+    One application can have both a broker and a dispatcher (`setup`).
+    Handlers of sub-applications reach their parents' broker through
+    `get_broker`. A broker cannot be open twice at once, so give each broker
+    to one application only. Any asyncpool broker works (a subclass of
+    `asyncpool.brokers.Broker`); this module imports no engine.
+
+    Args:
+        app: The application; call this before it starts, and for a
+            sub-application before `add_subapp`.
+        broker: The broker, not open yet.
+
+    Returns:
+        `broker` itself, with its own type: `broker = setup_broker(app,
+        JetStreamBroker(...))`. Outside a request, `app[BROKER_KEY]` has it
+        too.
+
+    Raises:
+        TypeError: `app` is not an `aiohttp.web.Application`, or `broker` is
+            not an asyncpool broker.
+        RuntimeError: `setup_broker` was already called for `app`, or `app`
+            has already started or been added as a sub-application.
+    """
+    if not isinstance(app, web.Application):
+        raise TypeError(f"app must be an aiohttp.web.Application, got {type(app).__name__}")
+    if not isinstance(broker, Broker):
+        raise TypeError(
+            f"broker must be an asyncpool broker (asyncpool.brokers.Broker, such as "
+            f"asyncpool.jetstream.JetStreamBroker), got {broker!r}"
+        )
+    if BROKER_KEY in app:
+        raise RuntimeError(
+            f"asyncpool.aiohttp.setup_broker() was already called for this application "
+            f"(its broker is {app[BROKER_KEY]!r})"
+        )
+    if app.pre_frozen:
+        # As in setup(): a cleanup context added after the freeze never runs.
+        raise RuntimeError(
+            "asyncpool.aiohttp.setup_broker() must be called before the application starts "
+            "and before it is added as a sub-application (add_subapp)"
+        )
+
+    async def run_broker(app: web.Application) -> AsyncIterator[None]:
+        async with broker:
+            yield
+
+    stored: Broker = broker  # BROKER_KEY holds the base class: mypy needs the upcast said
+    app[BROKER_KEY] = stored
+    app.cleanup_ctx.append(run_broker)
+    return broker
+
+
+def get_broker(request: web.Request) -> Broker:
+    """Return the broker of the application that handles `request`.
+
+    The application is searched first, then its parents, as for
+    `get_dispatcher`. Outside a request, use `app[BROKER_KEY]`.
+
+    Returns:
+        The broker, typed as the base class `Broker`: its `submit` and
+        `handle` are the same for every engine.
+
+    Raises:
+        TypeError: `request` is not an `aiohttp.web.Request`.
+        RuntimeError: neither the application nor any parent of it went
+            through `setup_broker`.
+    """
+    if not isinstance(request, web.Request):
+        raise TypeError(f"request must be an aiohttp.web.Request, got {type(request).__name__}")
+    broker = request.config_dict.get(BROKER_KEY)
+    if broker is None:
+        raise RuntimeError(
+            "no asyncpool broker for this request: call "
+            "asyncpool.aiohttp.setup_broker(app, broker) on the application, or on one of "
+            "its parent applications, before it starts"
+        )
+    return broker

@@ -1,6 +1,6 @@
-"""FastAPI and Starlette integration: one `Dispatcher` that lives as long as the application.
+"""FastAPI and Starlette integration: a `Dispatcher` or a broker that lives as long as the app.
 
-This module owns four things:
+This module owns five things:
 
 * the lifespan (`lifespan`, `dispatcher_lifespan`): it starts a dispatcher
   with the application, keeps it at `app.state.asyncpool_dispatcher`, and at
@@ -13,14 +13,21 @@ This module owns four things:
   (`PoolBackgroundTasks` is the class behind it);
 * `shutting_down`: a notice that the server has begun to shut down, for
   streaming endpoints, so that a client following a job does not hold the
-  server past the grace period.
+  server past the grace period;
+* the broker's lifespan and dependency (`broker_lifespan`, `get_broker`,
+  `BrokerDep`): the application submits to a broker (workers elsewhere run
+  the jobs), which is open while the application runs, kept at
+  `app.state.asyncpool_broker`.
 
 The shape is aiojobs' aiohttp integration, done with Starlette's lifespan: a
 setup that ties the pool's life to the application's, one documented place
 where the pool is kept, and a getter whose error names the fix.
 
 `asyncpool` itself never imports this module; its dependencies come with the
-`fastapi` extra (`pip install 'asyncpool-dispatch[fastapi]'`).
+`fastapi` extra (`pip install 'asyncpool-dispatch[fastapi]'`). It knows
+brokers only by their engine-neutral base class (`asyncpool._broker.Broker`)
+and imports no engine (`asyncpool.jetstream`, ...), so it works with any of
+them and needs no engine's client library.
 """
 
 from __future__ import annotations
@@ -52,17 +59,22 @@ except ModuleNotFoundError as exc:
         name=exc.name,
     ) from exc
 
+from ._broker import Broker
 from ._dispatcher import RESERVED_OPTIONS, Dispatcher
 from ._handle import JobHandle
 from ._integration import check_grace, log_shutdown
 
 __all__ = (
+    "BROKER_STATE_ATTRIBUTE",
     "DEFAULT_GRACE",
     "STATE_ATTRIBUTE",
     "BackgroundTasks",
+    "BrokerDep",
     "DispatcherDep",
     "PoolBackgroundTasks",
+    "broker_lifespan",
     "dispatcher_lifespan",
+    "get_broker",
     "get_dispatcher",
     "lifespan",
     "shutting_down",
@@ -497,11 +509,15 @@ def _app_of(source: HTTPConnection | Starlette) -> Any:
     return source if isinstance(source, Starlette) else source.app
 
 
-def _no_lifespan_error(what: str) -> RuntimeError:
-    return RuntimeError(
-        f"{what}: install the lifespan, "
+def _no_lifespan_error(
+    what: str,
+    install: str = (
         "FastAPI(lifespan=asyncpool.fastapi.dispatcher_lifespan(...)) (or "
-        "dispatcher_lifespan(your_lifespan, ...) to keep your own), and make sure it "
+        "dispatcher_lifespan(your_lifespan, ...) to keep your own)"
+    ),
+) -> RuntimeError:
+    return RuntimeError(
+        f"{what}: install the lifespan, {install}, and make sure it "
         "runs: servers such as uvicorn run it, httpx.ASGITransport does not (enter "
         "app.router.lifespan_context(app) around your test client)"
     )
@@ -683,4 +699,162 @@ The parameter receives a `PoolBackgroundTasks`; its tasks are submitted to
 the dispatcher after the response is sent. As with FastAPI's own, they are
 dropped if the route raises, or returns a `Response` that has a `background`
 of its own.
+"""
+
+
+# ------------------------------------------------------------------- broker
+
+BROKER_STATE_ATTRIBUTE: Final = "asyncpool_broker"
+"""The name under which `broker_lifespan` keeps the broker, as `app.state.asyncpool_broker`."""
+
+# Set on app.state while a broker lifespan runs there, so that a second one
+# is refused. The broker itself stays on app.state after the lifespan, and
+# whether it is open is the broker's own business.
+_BROKER_RUNNING_ATTRIBUTE: Final = "asyncpool_broker_running"
+
+
+@overload
+def broker_lifespan(
+    broker: Broker, app_lifespan: None = None, /
+) -> Callable[[Starlette], AbstractAsyncContextManager[None]]: ...
+@overload
+def broker_lifespan(
+    broker: Broker, app_lifespan: Callable[[AppT], AbstractAsyncContextManager[StateT]], /
+) -> Callable[[AppT], AbstractAsyncContextManager[StateT]]: ...
+def broker_lifespan(
+    broker: Broker,
+    app_lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
+    /,
+) -> Callable[[Any], AbstractAsyncContextManager[Any]]:
+    """Make a lifespan that keeps `broker` open while the application runs, around yours if given.
+
+    ```python
+    broker = JetStreamBroker("nats://127.0.0.1:4222")  # its tasks registered on it
+    app = FastAPI(lifespan=broker_lifespan(broker))
+    app = FastAPI(lifespan=broker_lifespan(broker, my_lifespan))
+    app = FastAPI(lifespan=broker_lifespan(broker, dispatcher_lifespan(workers=4)))
+    ```
+
+    With a dispatcher too, put the broker outside, as in the last line: it
+    opens before the dispatcher starts and closes after it has drained, so
+    local jobs can submit to the broker until the end.
+
+    At startup it opens the broker (`async with broker`: it connects, and
+    creates or checks what the engine keeps on its server) and keeps it at
+    `app.state.asyncpool_broker` (`BROKER_STATE_ATTRIBUTE`), where
+    `get_broker` and `BrokerDep` find it; then `app_lifespan` enters, and
+    whatever it yields (Starlette's lifespan state) is passed on. At
+    shutdown, after `app_lifespan` has exited (so your startup and shutdown
+    code can submit too), it closes the broker. The jobs submitted are in the
+    broker by then, for the workers: closing loses none of them. It only
+    cancels the waits for results that are still going on (the server has
+    finished its requests before it runs the lifespan's shutdown, so
+    normally there are none). The closed broker stays on `app.state`, so a
+    late submit gets the broker's own "is not open" `RuntimeError`.
+
+    A broker can be opened again after it is closed, so each run of the
+    lifespan (tests run it many times) reopens the same broker. The workers
+    that run the jobs are other processes (`python -m asyncpool worker
+    MODULE:BROKER`): this lifespan does not serve the broker.
+
+    Any asyncpool broker works (a subclass of `asyncpool.brokers.Broker`);
+    this module imports no engine.
+
+    Args:
+        broker: The broker to submit to, not open yet. The tasks that routes
+            submit must be registered on it (`@broker.task`).
+        app_lifespan: Your own lifespan (a function of the application that
+            returns an async context manager), or None.
+
+    Returns:
+        A lifespan for `FastAPI(lifespan=...)` or `Starlette(lifespan=...)`.
+        The lifespan raises `RuntimeError` at startup if the application
+        already runs a broker lifespan (it was installed twice), and passes
+        on what the broker raises when it cannot open (the server then does
+        not start).
+
+    Raises:
+        TypeError: `broker` is not an asyncpool broker, or `app_lifespan`
+            is neither a lifespan function nor None.
+    """
+    if not isinstance(broker, Broker):
+        raise TypeError(
+            f"broker must be an asyncpool broker (asyncpool.brokers.Broker, such as "
+            f"asyncpool.jetstream.JetStreamBroker), got {broker!r}"
+        )
+    if app_lifespan is not None and not callable(app_lifespan):
+        raise TypeError(f"app_lifespan must be a lifespan function or None, got {app_lifespan!r}")
+
+    @contextlib.asynccontextmanager
+    async def run(app: Any) -> AsyncIterator[Any]:
+        state = app.state
+        if getattr(state, _BROKER_RUNNING_ATTRIBUTE, False):
+            raise RuntimeError(
+                f"the application already runs a broker lifespan, with "
+                f"{getattr(state, BROKER_STATE_ATTRIBUTE, None)!r} at "
+                f"app.state.{BROKER_STATE_ATTRIBUTE}: install broker_lifespan once"
+            )
+        async with broker:
+            setattr(state, BROKER_STATE_ATTRIBUTE, broker)
+            setattr(state, _BROKER_RUNNING_ATTRIBUTE, True)
+            try:
+                if app_lifespan is None:
+                    yield None
+                else:
+                    async with app_lifespan(app) as app_state:
+                        yield app_state
+            finally:
+                setattr(state, _BROKER_RUNNING_ATTRIBUTE, False)
+
+    return run
+
+
+def get_broker(source: HTTPConnection | Starlette) -> Broker:
+    """Return the application's broker, kept there by `broker_lifespan`.
+
+    Works in any Starlette endpoint (`get_broker(request)`), for websockets,
+    and with the application itself. FastAPI routes can take `BrokerDep`
+    instead.
+
+    Args:
+        source: A request or websocket of the application, or the application.
+
+    Returns:
+        The broker at `app.state.asyncpool_broker`, typed as the base class
+        `Broker`: its `submit` and `handle` are the same for every engine.
+
+    Raises:
+        RuntimeError: the application has no broker, because its lifespan
+            is not installed or was not run; the message says how to
+            install it.
+    """
+    broker = getattr(getattr(_app_of(source), "state", None), BROKER_STATE_ATTRIBUTE, None)
+    if not isinstance(broker, Broker):
+        raise _no_lifespan_error(
+            f"no asyncpool broker at app.state.{BROKER_STATE_ATTRIBUTE}",
+            install=(
+                "FastAPI(lifespan=asyncpool.fastapi.broker_lifespan(broker)) (or "
+                "broker_lifespan(broker, your_lifespan) to keep your own)"
+            ),
+        )
+    return broker
+
+
+async def _broker_dependency(connection: HTTPConnection) -> Broker:
+    # Async, as _dispatcher_dependency is: no trip through the thread pool.
+    return get_broker(connection)
+
+
+BrokerDep: TypeAlias = Annotated[Broker, Depends(_broker_dependency)]
+"""A route parameter type that receives the application's broker.
+
+```python
+@app.post("/thumbnails", status_code=202)
+async def make_thumbnail(path: str, broker: BrokerDep) -> dict[str, str]:
+    handle = await broker.submit(resize, path, result=False)
+    return {"job_id": handle.id}
+```
+
+A request to an application without `broker_lifespan` fails with the
+`RuntimeError` of `get_broker`.
 """
