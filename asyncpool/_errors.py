@@ -54,8 +54,9 @@ class RemoteJobError(AsyncPoolError):
 
     Attributes:
         job_id: The remote job's id.
-        type_name: The remote exception's qualified type name (for a refused
-            job: "UnknownTask", "PayloadError" or "DeliveriesExhausted").
+        type_name: The remote exception's qualified type name, such as
+            "builtins.ValueError" (for a refused job it ends in
+            "UnknownTask", "PayloadError" or "DeliveriesExhausted").
         message: `str()` of the remote exception.
         traceback: The remote traceback, as text ("" when there is none);
             it is also attached as a note, so it shows when the error is printed.

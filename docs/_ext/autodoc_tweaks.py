@@ -13,8 +13,9 @@ Nothing here changes the package; it only changes what Sphinx renders.
    * any other `text` into an inline literal.
 
 2. Classes users never instantiate show no constructor signature: `Job` and its
-   bases would show `typing.Protocol`'s ``(*args, **kwargs)`` and `JobHandle`
-   would show `asyncio.Future`'s ``(*, loop=None)``.
+   bases (and the `Codec` protocol) would show `typing.Protocol`'s
+   ``(*args, **kwargs)``, `JobHandle` would show `asyncio.Future`'s
+   ``(*, loop=None)``, and `RemoteHandle` its broker's private plumbing.
 
 3. Sphinx (8 and 9, on Python 3.11) stringifies a `typing.ParamSpec` with its
    repr, so the `submit` overloads would read ``*args: ~typing.~P``; this
@@ -32,7 +33,14 @@ from sphinx.application import Sphinx
 
 # Classes whose inherited constructor signature says nothing useful.
 NO_SIGNATURE = frozenset(
-    {"asyncpool.Job", "asyncpool.AsyncJob", "asyncpool.SyncJob", "asyncpool.JobHandle"}
+    {
+        "asyncpool.Job",
+        "asyncpool.AsyncJob",
+        "asyncpool.SyncJob",
+        "asyncpool.JobHandle",
+        "asyncpool.brokers.Codec",
+        "asyncpool.brokers.RemoteHandle",
+    }
 )
 
 _FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
