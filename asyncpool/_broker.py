@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, Self, TypeVar, overload
 
-from ._codecs import Codec, PayloadError, codec_named
-from ._envelope import Envelope, Outcome, check_remote_key, retry_numbers
+from ._codecs import Codec, JsonCodec, PayloadError, codec_named
+from ._envelope import RECORD_CODEC, Envelope, Outcome, check_remote_key, retry_numbers
 from ._options import check_retry, check_timeout
 from ._remote import ErrorTypes, RemoteHandle
 from ._retry import Retry
@@ -424,11 +424,24 @@ class Broker(abc.ABC):
         if future is None or future.done():
             return
         try:
-            outcome = Outcome.decode(data, self._codec)
+            outcome = self._decode_outcome(data)
         except PayloadError as exc:
             future.set_exception(exc)
             return
         future.set_result(outcome)
+
+    def _decode_outcome(self, data: bytes) -> Outcome:
+        """A record in this broker's codec, or in JSON.
+
+        Records that carry nothing of the job's (a cancellation, a refusal)
+        are written in JSON, so that any submitter can read them.
+        """
+        try:
+            return Outcome.decode(data, self._codec)
+        except PayloadError:
+            if isinstance(self._codec, JsonCodec):
+                raise
+            return Outcome.decode(data, RECORD_CODEC)
 
     def _rebuild_error(self, job_id: str, outcome: Outcome) -> BaseException:
         return self._error_types.rebuild(job_id, outcome)
@@ -436,15 +449,15 @@ class Broker(abc.ABC):
     async def _cancel_remote(self, job_id: str) -> bool:
         record = Outcome("cancelled", worker=f"cancelled by {self._origin}")
         transport = self.transport
-        if await transport.create_outcome(job_id, record.encode(self._codec)):
+        if await transport.create_outcome(job_id, record.encode(RECORD_CODEC)):
             await transport.request_cancel(job_id)
-            self._outcome_arrived(job_id, record.encode(self._codec))
+            self._outcome_arrived(job_id, record.encode(RECORD_CODEC))
             return True
         data = await transport.read_outcome(job_id)
         if data is None:  # pragma: no cover - a record cannot vanish between two calls
             return False
         self._outcome_arrived(job_id, data)
-        return Outcome.decode(data, self._codec).state == "cancelled"
+        return self._decode_outcome(data).state == "cancelled"
 
     # -- the worker side -----------------------------------------------
 

@@ -19,7 +19,7 @@ import time
 import zlib
 from typing import Any, Final, Literal
 
-from ._codecs import Codec, PayloadError
+from ._codecs import Codec, JsonCodec, PayloadError
 from ._options import check_timeout
 from ._retry import Retry
 
@@ -179,6 +179,14 @@ def _typed(raw: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any
 
 
 OutcomeState = Literal["succeeded", "failed", "cancelled", "dead"]
+
+
+RECORD_CODEC: Final = JsonCodec()
+"""The codec of records that carry nothing of the job's (a cancellation, a refusal).
+
+Any submitter reads them, whatever its own codec (or a pickle secret the
+worker does not share).
+"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -38,8 +38,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._codecs import PayloadError, codec_named
-from ._envelope import Envelope, Outcome
+from ._codecs import Codec, PayloadError, codec_named
+from ._envelope import RECORD_CODEC, Envelope, Outcome
 from ._errors import DispatcherClosed
 from ._handle import JobHandle
 from ._remote import JobInfo, error_record, set_current_job
@@ -109,7 +109,7 @@ def _run_sync(info: JobInfo, fn: Callable[..., Any], args: Any, kwargs: Any) -> 
 class Held:
     """One delivery this worker holds, and the `JobObserver` of its local job."""
 
-    __slots__ = ("delivery", "envelope", "entry", "handle", "max_deliver", "_server")
+    __slots__ = ("codec", "delivery", "envelope", "entry", "handle", "max_deliver", "_server")
 
     def __init__(
         self,
@@ -118,8 +118,11 @@ class Held:
         envelope: Envelope,
         entry: Task[Any, Any] | JobClass,
         max_deliver: int,
+        codec: Codec,
     ) -> None:
         self._server = server
+        self.codec = codec
+        """The codec the job came in: its record goes out in it too."""
         self.delivery = delivery
         self.envelope = envelope
         self.entry = entry
@@ -158,7 +161,15 @@ class Server:
             self._settles = settles
             async with asyncio.TaskGroup() as helpers:
                 keeper = helpers.create_task(self._keep_leases())
-                watcher = helpers.create_task(transport.watch_cancels(self._cancel_requested))
+                caught_up = asyncio.Event()
+                watcher = helpers.create_task(
+                    transport.watch_cancels(self._cancel_requested, caught_up.set)
+                )
+                # A job cancelled while queued is skipped, not run: know
+                # every cancellation made so far before taking any job.
+                ready = helpers.create_task(caught_up.wait())
+                await asyncio.wait((ready, watcher), return_when=asyncio.FIRST_COMPLETED)
+                ready.cancel()
                 try:
                     async with self._dispatcher.intake() as intake:
                         if self._stop is None:
@@ -237,7 +248,8 @@ class Server:
                 "deliveries exhausted",
                 _DeliveriesExhausted(
                     f"delivered {delivery.attempt} times, at most {max_deliver} allowed "
-                    "(its earlier deliveries were lost to workers that died or timed out)"
+                    "(its earlier deliveries went to workers that died, lost their lease, "
+                    "or handed it back as they stopped)"
                 ),
             )
             return
@@ -247,7 +259,7 @@ class Server:
         except Exception as exc:  # a Job class that does not rebuild from these fields
             await self._refuse(delivery, envelope, "undecodable", exc)
             return
-        held = Held(self, delivery, envelope, entry, max_deliver)
+        held = Held(self, delivery, envelope, entry, max_deliver, codec)
         options: dict[str, Any] = {"retry": None, "priority": envelope.priority}
         timeout = envelope.timeout if envelope.timeout is not None else entry.timeout
         if timeout is not None:
@@ -283,7 +295,7 @@ class Server:
         envelope = held.envelope
         report = self.report
         delay: float | None = None
-        outcome: Outcome | None = None
+        record: bytes | None = None
         letter: dict[str, Any] | None = None
         attempt = held.delivery.attempt
         if handle.cancelled():
@@ -297,12 +309,25 @@ class Server:
                     report.handed_back_running.append(envelope.id)
         else:
             exc = handle.exception()
-            if exc is None:
-                report.succeeded += 1
-                if envelope.result:
-                    outcome = Outcome(
-                        "succeeded", handle.result(), attempts=attempt, worker=WORKER_NAME
+            if exc is None and envelope.result:
+                outcome = Outcome(
+                    "succeeded", handle.result(), attempts=attempt, worker=WORKER_NAME
+                )
+                try:
+                    record = outcome.encode(held.codec)
+                except TypeError as unsendable:
+                    # Ran, but its result cannot travel: a failure, as the
+                    # submitter sees it and as the report counts it.
+                    report.failed += 1
+                    error = error_record(
+                        TypeError(f"the job's result cannot be sent: {unsendable}")
                     )
+                    failed = Outcome("failed", error=error, attempts=attempt, worker=WORKER_NAME)
+                    record = failed.encode(held.codec)
+                else:
+                    report.succeeded += 1
+            elif exc is None:
+                report.succeeded += 1
             else:
                 base = held.entry.retry or self._broker.default_retry
                 policy = envelope.retry_policy(base)
@@ -317,8 +342,9 @@ class Server:
                     report.failed += 1
                     error = error_record(exc)
                     outcome = Outcome("failed", error=error, attempts=attempt, worker=WORKER_NAME)
+                    record = outcome.encode(held.codec)
                     letter = self._letter(held.delivery, envelope, "failed", error)
-        self._settle_later(self._settle(held, delay, outcome, letter))
+        self._settle_later(self._settle(held, delay, record, letter))
 
     def _settle_later(self, settle: Any) -> None:
         assert self._settles is not None
@@ -329,7 +355,7 @@ class Server:
         self,
         held: Held,
         delay: float | None,
-        outcome: Outcome | None,
+        record: bytes | None,
         letter: dict[str, Any] | None,
     ) -> None:
         transport = self._transport
@@ -340,8 +366,9 @@ class Server:
                 return
             if letter is not None:
                 await transport.dead_letter(delivery, letter)
-            if outcome is not None:
-                await self._record(held.envelope.id, outcome)
+            if record is not None:
+                # False when a record exists: a remote cancel won the race; it stands.
+                await transport.create_outcome(held.envelope.id, record)
             await delivery.ack()
         except Exception:
             # The broker redelivers what was not acked once its lease runs
@@ -351,22 +378,12 @@ class Server:
             self._settling -= 1
             self._release(held)
 
-    async def _record(self, job_id: str, outcome: Outcome) -> None:
-        codec = self._broker.codec
-        try:
-            data = outcome.encode(codec)
-        except TypeError as exc:
-            data = Outcome(
-                "failed",
-                error=error_record(TypeError(f"the job's result cannot be sent: {exc}")),
-                attempts=outcome.attempts,
-                worker=WORKER_NAME,
-            ).encode(codec)
-        # False when a record exists: a remote cancel won the race; it stands.
-        await self._transport.create_outcome(job_id, data)
-
     async def _refuse(
-        self, delivery: Delivery, envelope: Envelope | None, reason: str, exc: BaseException
+        self,
+        delivery: Delivery,
+        envelope: Envelope | None,
+        reason: str,
+        exc: BaseException,
     ) -> None:
         """A delivery that cannot run: a dead letter, its record, an ack."""
         self.report.refused += 1
@@ -377,13 +394,24 @@ class Server:
             reason,
             exc,
         )
+        # Where the submitter's handle waits: the envelope's id, or for a
+        # payload that cannot be read, the id the publisher named beside it.
+        job_id = envelope.id if envelope is not None else delivery.job_id
+        wants_record = envelope.result if envelope is not None else job_id is not None
         try:
             await self._transport.dead_letter(
                 delivery, self._letter(delivery, envelope, reason, error)
             )
-            if envelope is not None and envelope.result:
+            if wants_record and job_id is not None:
                 outcome = Outcome("dead", error=error, attempts=delivery.attempt - 1)
-                await self._record(envelope.id, outcome)
+                try:
+                    await self._transport.create_outcome(job_id, outcome.encode(RECORD_CODEC))
+                except Exception:
+                    # A garbage id from a garbage publisher: the dead letter
+                    # has it all; the message must still be acked.
+                    if envelope is not None:
+                        raise
+                    logger.warning("asyncpool: no record for %r (not a job id)", job_id)
             await delivery.ack()
         except Exception:
             logger.exception("asyncpool: could not store a dead letter")

@@ -47,6 +47,15 @@ class Delivery(Protocol):
         """The engine's id of the message (to name a dead letter that has no job id)."""
         ...
 
+    @property
+    def job_id(self) -> str | None:
+        """The job id the publisher named beside the payload, if any.
+
+        For a payload that cannot be read: its terminal record still goes
+        where the submitter's handle waits for it.
+        """
+        ...
+
     async def ack(self) -> None:
         """Done: the broker forgets the message."""
         ...
@@ -105,8 +114,14 @@ class Transport(Protocol):
         """Tell every worker that `job_id` is cancelled."""
         ...
 
-    async def watch_cancels(self, cancelled: Callable[[str], None]) -> None:
-        """Call `cancelled(job_id)` for each cancellation, past and future, until cancelled."""
+    async def watch_cancels(
+        self, cancelled: Callable[[str], None], caught_up: Callable[[], None]
+    ) -> None:
+        """Call `cancelled(job_id)` for each cancellation, past and future, until cancelled.
+
+        `caught_up()` is called once, when every cancellation made before the
+        watch began has been passed on: a worker takes no job before that.
+        """
         ...
 
     async def dead_letter(self, delivery: Any, letter: dict[str, Any]) -> None:

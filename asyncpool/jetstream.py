@@ -102,9 +102,12 @@ class JetStreamDelivery:
 
     @property
     def message_id(self) -> str:
+        return self.job_id or f"stream-seq-{self._msg.metadata.sequence.stream}"
+
+    @property
+    def job_id(self) -> str | None:
         headers = self._msg.headers
-        msg_id = headers.get("Nats-Msg-Id") if headers else None
-        return msg_id or f"stream-seq-{self._msg.metadata.sequence.stream}"
+        return headers.get("Nats-Msg-Id") if headers else None
 
     @property
     def subject(self) -> str:
@@ -333,12 +336,12 @@ class _JetStreamTransport:
             # The lease lives on the server, set by whoever created the
             # consumers: extend leases often enough for the shortest of them.
             _log.warning(
-                "%r asked for ack_wait=%g s, but the server's consumers of %r keep %s s "
-                "(set when they were created): leases are extended for the shortest; to "
-                "change it, destroy() the broker's streams or edit the consumers",
-                b,
-                b.ack_wait,
+                "asyncpool: JetStreamBroker %r asked for ack_wait=%g s, but its consumers "
+                "on the server keep %s s (set when they were created): leases are extended "
+                "for the shortest; to change it, destroy() the broker's streams or edit "
+                "the consumers",
                 b.name,
+                b.ack_wait,
                 ", ".join(f"{lease:g}" for lease in sorted(leases)),
             )
             self._set_lease(min(leases | {b.ack_wait}))
@@ -351,7 +354,8 @@ class _JetStreamTransport:
     async def close(self) -> None:
         for lane in self._lanes + self._key_lanes:
             await lane.close()
-        for sub in self._subs:
+        subs, self._subs = self._subs, []
+        for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -487,12 +491,20 @@ class _JetStreamTransport:
         assert self._cancels is not None
         await self._cancels.put(job_id, b"1")
 
-    async def watch_cancels(self, cancelled: Callable[[str], None]) -> None:
+    async def watch_cancels(
+        self, cancelled: Callable[[str], None], caught_up: Callable[[], None]
+    ) -> None:
         assert self._cancels is not None
         watcher = await self._cancels.watchall(ignore_deletes=True)
+        told = False
         try:
             async for entry in watcher:
-                if entry is not None and entry.key:
+                if entry is None:
+                    # nats-py's marker: the entries that existed are all in.
+                    if not told:
+                        told = True
+                        caught_up()
+                elif entry.key:
                     cancelled(entry.key)
         finally:
             with contextlib.suppress(Exception):
@@ -726,9 +738,15 @@ class JetStreamBroker(Broker):
         await self.transport.requeue(letter)
 
     async def destroy(self) -> None:
-        """Delete everything this broker keeps on the server (jobs, records, dead letters)."""
+        """Delete everything this broker keeps on the server (jobs, records, dead letters).
+
+        Its watches stop first (they would look for the deleted streams every
+        second); after this the broker is good only for closing. Workers still
+        serving the name elsewhere are not told: stop them first.
+        """
         self._check_open()
         assert self._nc is not None
+        await self.transport.close()
         jsm = self._nc.jetstream()
         for stream in (self.stream, self.dead_stream):
             with contextlib.suppress(nats.js.errors.NotFoundError):

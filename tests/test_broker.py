@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from asyncpool import JobState, Retry
+from asyncpool import Dispatcher, JobState, Retry
 from asyncpool._broker import OPTION_NAMES, Broker
 from asyncpool._codecs import JsonCodec, MsgpackCodec, PayloadError, PickleCodec
 from asyncpool._envelope import Envelope, Outcome
@@ -85,8 +85,10 @@ class MemoryTransport:
     async def request_cancel(self, job_id: str) -> None:
         self.cancels.append(job_id)
 
-    async def watch_cancels(self, cancelled: Callable[[str], None]) -> None:
-        return None
+    async def watch_cancels(
+        self, cancelled: Callable[[str], None], caught_up: Callable[[], None]
+    ) -> None:
+        caught_up()
 
     async def dead_letter(self, delivery: Any, letter: dict[str, Any]) -> None:
         return None
@@ -831,3 +833,51 @@ async def test_unknown_task_name_is_unknown_task_in_the_registry() -> None:
     broker.task(add)
     with pytest.raises(UnknownTask):
         broker.registry.named("tests.test_broker.mul")
+
+
+class _LateCancels(MemoryTransport):
+    """Its cancellation watch has read the old cancellations only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.fetched = asyncio.Event()
+        self.cancelled_before_fetch: list[str] = []
+        self._known: list[str] = []
+
+    async def watch_cancels(
+        self, cancelled: Callable[[str], None], caught_up: Callable[[], None]
+    ) -> None:
+        await self.release.wait()
+        cancelled("old.1")
+        self._known.append("old.1")
+        caught_up()
+        await asyncio.Event().wait()
+
+    async def fetch(self, most: int) -> list[Delivery]:
+        self.cancelled_before_fetch = list(self._known)
+        self.fetched.set()
+        return []
+
+    async def wait_for_work(self, timeout: float) -> None:
+        await asyncio.Event().wait()
+
+
+# Regression: serve took jobs before its cancellation watch had read the
+# cancellations already made, so a job cancelled while queued could run.
+async def test_serve_takes_no_job_before_it_knows_the_cancellations_made() -> None:
+    """The first fetch comes only after the watch has passed on every old cancellation."""
+    transport = _LateCancels()
+    broker = MemoryBroker(transport)
+    stop = asyncio.Event()
+    async with asyncio.timeout(10), broker, Dispatcher(workers=2) as dispatcher:
+        serving = asyncio.create_task(broker.serve(dispatcher, stop=stop))
+        for _ in range(20):  # many chances to fetch too early
+            await asyncio.sleep(0)
+        assert not transport.fetched.is_set()
+        transport.release.set()
+        await transport.fetched.wait()
+        assert transport.cancelled_before_fetch == ["old.1"]
+        stop.set()
+        report = await serving
+    assert report.taken == 0

@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 
 from asyncpool import Dispatcher, JobState, Retry
-from asyncpool.brokers import MsgpackCodec, RemoteJobError, ServeReport, current_job
+from asyncpool.brokers import (
+    MsgpackCodec,
+    PickleCodec,
+    RemoteJobError,
+    ServeReport,
+    current_job,
+)
 from asyncpool.jetstream import JetStreamBroker
 
 pytestmark = pytest.mark.timeout(30)
@@ -225,6 +231,64 @@ async def test_unknown_task_and_poison_payload_are_dead_letters_and_serving_goes
         assert reports[0].refused == 2
 
 
+# Regression: a payload the worker could not read got no record, so the
+# submitter's handle waited for ever.
+async def test_payload_the_worker_cannot_read_still_ends_its_handle(
+    nats_server: str, broker_name: str
+) -> None:
+    """A pickle signed with another secret is a dead letter, and its submitter hears so."""
+    gate = Gate()
+    async with (
+        make_broker(nats_server, broker_name, codec=PickleCodec(secret=b"worker" * 4)) as worker,
+        make_broker(nats_server, broker_name, codec=PickleCodec(secret=b"other" * 4)) as producer,
+    ):
+        register(worker, gate)
+        tasks = register(producer, gate)
+        async with serving(worker) as reports:
+            handle = await producer.submit(tasks["add"], 1, 2)
+            with pytest.raises(RemoteJobError) as caught:
+                await handle
+        assert caught.value.state == "dead"
+        assert [letter.id for letter in await worker.dead_letters()] == [handle.id]
+        assert reports[0].refused == 1
+        assert gate.runs == []
+
+
+# Regression: the worker wrote the record in its own codec, which a producer
+# using another one could not read.
+async def test_record_goes_back_in_the_codec_the_job_came_in(
+    nats_server: str, broker_name: str
+) -> None:
+    """A msgpack producer and a JSON worker: the result still reaches the producer."""
+    gate = Gate()
+    async with (
+        make_broker(nats_server, broker_name) as worker,
+        make_broker(nats_server, broker_name, codec="msgpack") as producer,
+    ):
+        register(worker, gate)
+        tasks = register(producer, gate)
+        async with serving(worker):
+            assert await (await producer.submit(tasks["add"], 2, 3)) == 5
+
+
+# Regression: a job whose result could not be encoded was counted as succeeded.
+async def test_result_that_cannot_travel_is_a_failure_everywhere(
+    nats_server: str, broker_name: str
+) -> None:
+    """The submitter gets a TypeError naming the problem, and the report counts a failure."""
+    async with make_broker(nats_server, broker_name) as broker:
+
+        @broker.task(name="unsendable")
+        async def unsendable() -> object:
+            return object()
+
+        async with serving(broker) as reports:
+            with pytest.raises(RemoteJobError, match="cannot be sent") as caught:
+                await (await broker.submit(unsendable))
+        assert caught.value.type_name == "builtins.TypeError"
+        assert (reports[0].succeeded, reports[0].failed) == (0, 1)
+
+
 async def test_fire_and_forget_stores_no_record(nats_server: str, broker_name: str) -> None:
     """result=False runs the job and keeps nothing; its handle cannot be awaited."""
     gate = Gate()
@@ -245,15 +309,23 @@ async def test_cancel_queued_job_never_runs(nats_server: str, broker_name: str) 
     gate = Gate()
     async with make_broker(nats_server, broker_name) as broker:
         tasks = register(broker, gate)
-        handle = await broker.submit(tasks["record"], "cancelled")
-        assert await handle.cancel() is True
-        with pytest.raises(asyncio.CancelledError):
-            await handle
-        assert handle.state is JobState.CANCELLED
-        async with serving(broker) as reports:
-            assert await (await broker.submit(tasks["record"], "after")) == "after"
-        assert [label for label, _ in gate.runs] == ["after"]
-        assert reports[0].skipped == 1
+        # Regression: a worker that took jobs before its cancellation watch
+        # had read the cancellations already made ran some of them (a fresh
+        # worker process; here a second broker, opened after the cancels).
+        for round_ in range(3):
+            handles = [await broker.submit(tasks["record"], f"cancelled {n}") for n in range(20)]
+            for handle in handles:
+                assert await handle.cancel() is True
+                with pytest.raises(asyncio.CancelledError):
+                    await handle
+                assert handle.state is JobState.CANCELLED
+            async with make_broker(nats_server, broker_name) as worker:
+                register(worker, gate)
+                async with serving(worker, workers=20) as reports:
+                    after = await broker.submit(tasks["record"], f"after {round_}")
+                    assert await after == f"after {round_}"
+            assert reports[0].skipped == 20
+        assert [label for label, _ in gate.runs] == ["after 0", "after 1", "after 2"]
 
 
 async def test_cancel_running_job_cancels_it_on_its_worker(
@@ -420,7 +492,7 @@ async def test_duplicate_publish_enqueues_once(nats_server: str, broker_name: st
 async def test_the_lease_on_the_server_is_kept_and_extended_for_the_shortest(
     nats_server: str, broker_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A second broker of the same name keeps the server's ack wait, warns, and extends leases for it."""
+    """A second broker of the same name keeps the server's lease, warns, and extends for it."""
     async with JetStreamBroker(nats_server, name=broker_name, ack_wait=30) as first:
         assert first.transport.lease_period == 10
         assert first._nc is not None
@@ -435,7 +507,8 @@ async def test_the_lease_on_the_server_is_kept_and_extended_for_the_shortest(
             assert longer.transport.recheck_interval == 0.5
         warnings = [r.getMessage() for r in caplog.records if "keep 30 s" in r.getMessage()]
         assert len(warnings) == 2, warnings
-        assert "ack_wait=3 s" in warnings[0] and "ack_wait=90 s" in warnings[1]
+        assert "ack_wait=3 s" in warnings[0]
+        assert "ack_wait=90 s" in warnings[1]
 
 
 @pytest.mark.parametrize(
