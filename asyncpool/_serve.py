@@ -270,11 +270,17 @@ class Server:
     def _target(self, info: JobInfo, envelope: Envelope, entry: Task[Any, Any] | JobClass) -> Any:
         if isinstance(entry, Task):
             runner = _run_async if entry.is_async else _run_sync
-            return functools.partial(runner, info, entry.fn, envelope.args, envelope.kwargs)
-        job = entry.cls(*envelope.args, **envelope.kwargs)
-        process = job.process
-        runner = _run_async if asyncio.iscoroutinefunction(process) else _run_sync
-        return functools.partial(runner, info, process, (), {})
+            target: functools.partial[Any] = functools.partial(
+                runner, info, entry.fn, envelope.args, envelope.kwargs
+            )
+        else:
+            job = entry.cls(*envelope.args, **envelope.kwargs)
+            process = job.process
+            runner = _run_async if asyncio.iscoroutinefunction(process) else _run_sync
+            target = functools.partial(runner, info, process, (), {})
+        # What the dispatcher's messages (a timeout, a log line) call the job.
+        setattr(target, "__qualname__", envelope.task)  # noqa: B010 - a partial's own attribute
+        return target
 
     def _hold(self, held: Held) -> None:
         self._held.add(held)

@@ -289,6 +289,21 @@ async def test_result_that_cannot_travel_is_a_failure_everywhere(
         assert (reports[0].succeeded, reports[0].failed) == (0, 1)
 
 
+# Regression: the message named the worker's internal wrapper, not the task.
+async def test_remote_timeout_names_the_task(nats_server: str, broker_name: str) -> None:
+    """A job past its timeout fails with JobTimeout, and the message names its task."""
+    gate = Gate()
+    async with make_broker(nats_server, broker_name) as broker:
+        tasks = register(broker, gate)
+        async with serving(broker):
+            handle = await broker.submit(tasks["wait"], timeout=0.05)
+            with pytest.raises(RemoteJobError) as caught:
+                await handle
+        assert caught.value.type_name.endswith("JobTimeout")
+        assert "(wait) ran longer than its timeout of 0.05 s" in str(caught.value)
+        assert "partial" not in str(caught.value)
+
+
 async def test_fire_and_forget_stores_no_record(nats_server: str, broker_name: str) -> None:
     """result=False runs the job and keeps nothing; its handle cannot be awaited."""
     gate = Gate()
