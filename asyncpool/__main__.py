@@ -271,15 +271,10 @@ def _cluster_demo(args: argparse.Namespace) -> int:
     except ImportError:
         return fail("the demo needs rich: pip install 'asyncpool-dispatch[demo]'")
     try:
-        from ._cluster_demo import (
-            ClusterDemoError,
-            DemoOptions,
-            NoServerBinary,
-            find_nats_server,
-            make_display,
-            print_summary,
-            run_cluster_demo,
-        )
+        from ._cluster_demo import run_cluster_demo
+        from ._cluster_display import make_display
+        from ._cluster_procs import ClusterDemoError, NoServerBinary, find_nats_server
+        from ._cluster_report import DemoOptions, print_summary
     except ImportError as exc:  # asyncpool.jetstream names the extra it needs
         return fail(str(exc))
     try:
