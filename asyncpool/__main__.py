@@ -6,11 +6,23 @@ traceback. The demo itself lives in `asyncpool/_demo.py`, the cluster demo
 in `asyncpool/_cluster_demo.py`; the worker and the dead-letter commands in
 `asyncpool/_worker.py`.
 
+An expected failure is one line too, `<prog>: error: <message>`, with exit
+status 1: for `worker` and `dead-letters`, a broker that does not open (no
+server answered within its connect timeout, a stream of its name is set up
+otherwise, credentials refused), a server lost while serving or requeueing,
+a worker stopped while its server was unreachable (`_worker.WorkerFailure`).
+There is no `--debug` flag, and none is needed: every other exception is a
+bug (in asyncpool, or in the tasks' module as it is imported) and ends the
+command with Python's own traceback and exit status 1.
+
 Exit status of `demo`: 0 when the scan finished (unreadable files are
 reported, not fatal), 1 if a job raised, 2 for bad input or a missing
 optional dependency, 130 when interrupted. `worker` exits 0 after a
-graceful stop (SIGTERM or SIGINT), 1 if serving failed, 2 for bad input.
-`dead-letters` exits 0, or 1 when an id to requeue is not a dead letter.
+graceful stop (SIGTERM or SIGINT), 1 if serving failed or the server was
+unreachable as it stopped (the jobs it held are redelivered after their
+lease), 2 for bad input, 130 if interrupted before it began serving.
+`dead-letters` exits 0; 1 when an id to requeue is not a dead letter or the
+server failed; 2 for bad input; 130 when interrupted.
 `demo-cluster` exits 0 when every job is accounted for (a result, checked),
 1 if any is not or the cluster did not start, 2 for bad input or a missing
 optional dependency (rich, nats-py, the nats-server binary), 130 when
@@ -132,7 +144,11 @@ def build_parser(prog: str = "python -m asyncpool") -> argparse.ArgumentParser:
             "Import MODULE, take its broker BROKER, and run its jobs on a Dispatcher "
             "of --workers workers until SIGTERM or SIGINT. Then stop taking jobs, hand "
             "the unstarted ones back at once, let running jobs finish within --grace "
-            "seconds, hand back what is still running, print what happened, exit 0."
+            "seconds, hand back what is still running, print what happened, exit 0. "
+            "A server that does not answer at the start ends it with exit status 1 "
+            "after the broker's connect timeout; one unreachable as it stops adds at "
+            "most a few seconds to --grace, and exit status 1 (the jobs it held are "
+            "redelivered by the server after their lease)."
         ),
     )
     worker.add_argument("broker", metavar="MODULE:BROKER", help="e.g. app.tasks:broker")
@@ -152,11 +168,20 @@ def build_parser(prog: str = "python -m asyncpool") -> argparse.ArgumentParser:
     dead = commands.add_parser(
         "dead-letters",
         help="list a broker's dead letters, or requeue them",
-        description="List the dead letters of MODULE:BROKER, or requeue some (by id) or all.",
+        description=(
+            "List the dead letters of MODULE:BROKER, or requeue some (by job id) or all. "
+            "A job id requeues the latest dead letter with that id (as broker.requeue(id) "
+            "does); --all requeues every dead letter."
+        ),
     )
     dead.add_argument("broker", metavar="MODULE:BROKER", help="e.g. app.tasks:broker")
     dead.add_argument("action", choices=("list", "requeue"), nargs="?", default="list")
-    dead.add_argument("ids", nargs="*", metavar="ID", help="job ids to requeue, or --all")
+    dead.add_argument(
+        "ids",
+        nargs="*",
+        metavar="ID",
+        help="job ids to requeue (the latest dead letter of each), or --all",
+    )
     dead.add_argument("--all", action="store_true", help="requeue every dead letter")
     dead.set_defaults(prog=f"{prog} dead-letters")
     return parser
@@ -210,7 +235,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     if not args.grace >= 0:
         print(f"{prog}: error: --grace must be >= 0, got {args.grace}", file=sys.stderr)
         return EXIT_USAGE
-    from ._worker import WorkerUsageError, load_broker, run_worker
+    from ._worker import WorkerFailure, WorkerUsageError, load_broker, run_worker
 
     try:
         broker = load_broker(args.broker)
@@ -221,15 +246,18 @@ def _run_worker(args: argparse.Namespace) -> int:
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(run_worker(broker, workers=args.workers, grace=args.grace, out=sys.stderr))
-    except Exception as exc:
-        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except WorkerFailure as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED_JOBS
+    except KeyboardInterrupt:  # before SIGINT meant "stop gracefully" (importing, say)
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK
 
 
 def _run_dead_letters(args: argparse.Namespace) -> int:
     prog: str = args.prog
-    from ._worker import WorkerUsageError, load_broker, run_dead_letters
+    from ._worker import WorkerFailure, WorkerUsageError, load_broker, run_dead_letters
 
     ids: list[str] = ["--all"] if args.all else list(args.ids)
     if args.action == "requeue" and not ids:
@@ -241,6 +269,12 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
     except WorkerUsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except WorkerFailure as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED_JOBS
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _run_cluster_demo(args: argparse.Namespace) -> int:

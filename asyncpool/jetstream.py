@@ -142,6 +142,7 @@ class _Lane:
         "_next",
         "_inbox",
         "_sub",
+        "_arrived",
         "ready",
         "rung",
         "_bell",
@@ -166,13 +167,22 @@ class _Lane:
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
+        self._arrived: asyncio.Queue[Msg] = asyncio.Queue()
+        """What the server sent to this lane's inbox: jobs, and the ends of requests."""
         self.ready = True
         """Worth a pull: it may hold jobs."""
         self.rung = False
         """A job was published on it since its last pull."""
 
     async def open(self) -> None:
-        self._sub = await self._nc.subscribe(self._inbox)
+        arrived = self._arrived
+
+        async def arrive(msg: Msg) -> None:
+            arrived.put_nowait(msg)
+
+        # A callback into a queue of our own, read with one timeout per
+        # pull: nats-py's next_msg() starts a task per message.
+        self._sub = await self._nc.subscribe(self._inbox, cb=arrive)
 
     def ring(self, delay: float = 0.0) -> None:
         """The lane may hold a job again (now, or after `delay` seconds): look."""
@@ -192,14 +202,13 @@ class _Lane:
         self.rung = False
         if self.serial:
             most = 1
-        sub = self._sub
-        assert sub is not None
+        assert self._sub is not None
+        arrived = self._arrived
         got: list[Msg] = []
         # Messages of an earlier request that arrived after it gave up: take
         # them first, within this grant.
-        while len(got) < most and sub._pending_queue.qsize():
-            msg = sub._pending_queue.get_nowait()
-            sub._pending_size -= len(msg.data)
+        while len(got) < most and not arrived.empty():
+            msg = arrived.get_nowait()
             if not _status(msg):
                 got.append(msg)
         if len(got) >= most:
@@ -214,16 +223,16 @@ class _Lane:
             wanted["no_wait"] = True
         await self._nc.publish(self._next, json.dumps(wanted).encode(), reply=self._inbox)
         try:
-            while len(got) < most:
-                try:
-                    msg = await sub.next_msg(timeout=5.0)
-                except nats.errors.TimeoutError:
-                    break
-                status = _status(msg)
-                if status is None:
-                    got.append(msg)
-                elif status in _NO_MORE:
-                    break
+            async with asyncio.timeout(5.0):
+                while len(got) < most:
+                    msg = arrived.get_nowait() if not arrived.empty() else await arrived.get()
+                    status = _status(msg)
+                    if status is None:
+                        got.append(msg)
+                    elif status in _NO_MORE:
+                        break
+        except TimeoutError:
+            pass
         except asyncio.CancelledError:
             # Stopped mid-pull: what arrived is handed back now, not after its lease.
             for msg in got:
@@ -239,13 +248,16 @@ class _Lane:
 
     async def hand_back_strays(self) -> int:
         """Hand back messages that arrived after their request gave up; return how many."""
-        sub = self._sub
-        if sub is None:
-            return 0
+        # Let the subscription pass on what it has buffered (its callback
+        # runs in a task of nats-py's); bounded, as the buffer only drains.
+        for _ in range(100):
+            if self._sub is None or not self._sub.pending_msgs:
+                break
+            await asyncio.sleep(0)
         count = 0
-        while sub._pending_queue.qsize():
-            msg = sub._pending_queue.get_nowait()
-            sub._pending_size -= len(msg.data)
+        arrived = self._arrived
+        while not arrived.empty():
+            msg = arrived.get_nowait()
             if not _status(msg):
                 await msg.nak()
                 count += 1
@@ -695,8 +707,81 @@ class JetStreamBroker(Broker):
         return self._transport
 
     async def _open(self) -> None:
-        options = {"connect_timeout": 5, "max_reconnect_attempts": -1, **self._connect_options}
-        nc = await nats.connect(servers=self.servers, **options)
+        """Connect (within `connect_timeout`), then create or check the streams.
+
+        A first connection that no server accepts within `connect_timeout`
+        seconds (5 unless `connect_options` say otherwise) raises
+        `ConnectionError`: with reconnecting on (the default), nats-py itself
+        would try for ever. Once open, a lost connection is retried for
+        ever, and each loss and each return is one WARNING line on the
+        `asyncpool` logger (nats-py's default is a traceback per failed
+        attempt). `connect_options` win over these defaults, the callbacks
+        included.
+
+        Raises:
+            ConnectionError: no server answered within `connect_timeout`.
+        """
+        nc = Client()
+        # The last error of a connection attempt: what the ConnectionError says.
+        attempt_errors: list[Exception] = []
+
+        async def error_cb(exc: Exception) -> None:
+            if not nc.is_connected or isinstance(
+                exc, OSError | nats.errors.StaleConnectionError | nats.errors.NoServersError
+            ):
+                # A failed attempt while the server is away (one every
+                # reconnect_time_wait): the disconnect line says it all.
+                attempt_errors[:] = [exc]
+                _log.debug("asyncpool: NATS connection attempt failed: %r", exc)
+            elif isinstance(exc, nats.errors.Error):
+                _log.warning("asyncpool: broker %r: NATS error: %s", self.name, exc)
+            else:  # raised by a subscription's callback: a bug, keep its traceback
+                _log.error("asyncpool: broker %r: a NATS callback failed", self.name, exc_info=exc)
+
+        async def disconnected_cb() -> None:
+            # Only while open: _shut forgets the connection before closing it.
+            if self._nc is nc:
+                _log.warning(
+                    "asyncpool: broker %r lost its connection to NATS (%s); %s",
+                    self.name,
+                    ", ".join(self.servers),
+                    "reconnecting" if nc.is_reconnecting else "not reconnecting",
+                )
+
+        async def reconnected_cb() -> None:
+            if self._nc is nc:
+                _log.warning(
+                    "asyncpool: broker %r reconnected to NATS (%s)",
+                    self.name,
+                    nc.connected_url.geturl() if nc.connected_url else ", ".join(self.servers),
+                )
+
+        options: dict[str, Any] = {
+            "connect_timeout": 5,
+            "max_reconnect_attempts": -1,
+            "error_cb": error_cb,
+            "disconnected_cb": disconnected_cb,
+            "reconnected_cb": reconnected_cb,
+            **self._connect_options,
+        }
+        limit = options["connect_timeout"]
+        try:
+            async with asyncio.timeout(limit):
+                await nc.connect(servers=self.servers, **options)
+        except (OSError, nats.errors.Error) as exc:  # a TimeoutError is an OSError
+            with contextlib.suppress(Exception):
+                await nc.close()
+            reason = attempt_errors[-1] if attempt_errors else exc
+            raise ConnectionError(
+                f"cannot connect to NATS at {', '.join(self.servers)} "
+                f"(tried for {limit} s): {str(reason) or type(reason).__name__}"
+            ) from exc
+        except BaseException:
+            # Cancelled, or refused its arguments: a client that may never
+            # have started cannot always close cleanly; what matters is the error.
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise
         try:
             transport = _JetStreamTransport(self, nc, nc.jetstream())
             await transport.open()
@@ -707,12 +792,32 @@ class JetStreamBroker(Broker):
         self._transport = transport
 
     async def _shut(self) -> None:
+        """Close the connection, after what was sent is flushed.
+
+        Raises:
+            ConnectionError: the server was unreachable (the client was
+                reconnecting, or had given up): what was sent since the
+                connection was lost never reached it.
+        """
         transport, nc = self._transport, self._nc
         self._transport = self._nc = None
         if transport is not None:
             await transport.close()
-        if nc is not None:
+        if nc is None:
+            return
+        if nc.is_connected:
             await nc.drain()
+            return
+        # drain() would refuse (ConnectionReconnectingError); close() stops
+        # the reconnecting. It may fail writing what was buffered: that is
+        # lost either way, and the error below says so.
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise ConnectionError(
+            f"broker {self.name!r} closed while its NATS server ({', '.join(self.servers)}) "
+            "was unreachable: what it sent since the connection was lost (acks, results, "
+            "jobs handed back) never reached the server"
+        )
 
     def subject_for(self, *, priority: int = 0, key: str | int | None = None) -> str:
         """The subject jobs of this priority and key are published on."""

@@ -1,12 +1,22 @@
 """`python -m asyncpool worker|dead-letters` (asyncpool.__main__, asyncpool._worker), no server.
 
-Bad input is one line on stderr and exit status 2, never a traceback. The
-brokers named on the command line are module attributes of this file.
+Bad input is one line on stderr and exit status 2, never a traceback; an
+expected failure (no server, a server lost, a setup the server refuses) is
+one line and exit status 1; a bug keeps its traceback. The brokers named on
+the command line are module attributes of this file, or (for the worker
+processes that look for a server nobody runs) of a module written to the
+test's directory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import socket
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -19,16 +29,21 @@ from tests.test_broker import MemoryBroker
 class LettersBroker(MemoryBroker):
     """A broker that keeps dead letters in a list, and records what is requeued."""
 
-    def __init__(self) -> None:
+    def __init__(self, *letters: DeadLetter) -> None:
         super().__init__()
-        self.letters = [_letter("abc.1", "app.add"), _letter("abc.2", "app.mul")]
-        self.requeued: list[str] = []
+        self.letters = list(letters) or [_letter("abc.1", "app.add"), _letter("abc.2", "app.mul")]
+        self.requeued: list[DeadLetter] = []
 
     async def dead_letters(self) -> list[DeadLetter]:
         return list(self.letters)
 
     async def requeue(self, letter: DeadLetter | str) -> None:
-        self.requeued.append(letter if isinstance(letter, str) else letter.id)
+        assert isinstance(letter, DeadLetter), "the command line requeues the letter it chose"
+        self.requeued.append(letter)
+
+    @property
+    def requeued_ids(self) -> list[str]:
+        return [letter.id for letter in self.requeued]
 
 
 class UnreachableBroker(MemoryBroker):
@@ -38,7 +53,37 @@ class UnreachableBroker(MemoryBroker):
         raise ConnectionError("no servers available for connection")
 
 
-def _letter(job_id: str, task: str) -> DeadLetter:
+class UnreachableLettersBroker(LettersBroker):
+    """A broker that keeps dead letters, on a server that cannot be reached."""
+
+    async def _open(self) -> None:
+        raise ConnectionError("no servers available for connection")
+
+
+class SetUpOtherwiseBroker(LettersBroker):
+    """A broker that finds its stream's name taken on the server (as JetStreamBroker reports it)."""
+
+    async def _open(self) -> None:
+        raise RuntimeError("a JetStream stream named 'asyncpool_jobs' exists with another setup")
+
+
+class LostWhileRequeueingBroker(LettersBroker):
+    """A broker whose server goes away after the first requeue."""
+
+    async def requeue(self, letter: DeadLetter | str) -> None:
+        if self.requeued:
+            raise ConnectionError("nats: connection lost")
+        await super().requeue(letter)
+
+
+class BuggyBroker(LettersBroker):
+    """A broker with a bug: listing raises what no server failure does."""
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        raise KeyError("a bug")
+
+
+def _letter(job_id: str, task: str, seq: int = 7) -> DeadLetter:
     return DeadLetter(
         id=job_id,
         task=task,
@@ -49,12 +94,16 @@ def _letter(job_id: str, task: str) -> DeadLetter:
         codec="json",
         subject="asyncpool.jobs.0",
         dead_at=1700000000.0,
-        seq=7,
+        seq=seq,
     )
 
 
 PLAIN = MemoryBroker()
 UNREACHABLE = UnreachableBroker()
+UNREACHABLE_LETTERS = UnreachableLettersBroker()
+SET_UP_OTHERWISE = SetUpOtherwiseBroker()
+LOST_WHILE_REQUEUEING = LostWhileRequeueingBroker()
+BUGGY = BuggyBroker()
 NOT_A_BROKER = {"a": 1}
 
 WORKER = "python -m asyncpool worker"
@@ -74,6 +123,16 @@ def one_error_line(err: str, prog: str) -> str:
     assert lines[0].startswith(f"{prog}: error: ")
     assert "Traceback" not in err
     return lines[0]
+
+
+def last_error_line(err: str, prog: str) -> str:
+    """The error line that ends a worker's output (after its progress lines), with no traceback."""
+    lines = err.strip().splitlines()
+    assert lines, "no output"
+    assert lines[-1].startswith(f"{prog}: error: "), err
+    assert sum(line.startswith(f"{prog}: error: ") for line in lines) == 1, err
+    assert "Traceback" not in err
+    return lines[-1]
 
 
 # -- worker -------------------------------------------------------------
@@ -149,7 +208,10 @@ def test_worker_cli_non_numeric_workers_is_an_argparse_error(
 def test_worker_cli_unreachable_broker_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     """A broker that cannot connect: exit 1 with one line naming the error, no traceback."""
     assert main(["worker", "tests.test_worker_cli:UNREACHABLE", "--workers", "1"]) == 1
-    line = one_error_line(capsys.readouterr().err, WORKER)
+    err = capsys.readouterr().err
+    assert err.startswith("asyncpool worker: opening <")
+    line = last_error_line(err, WORKER)
+    assert "cannot open <" in line
     assert line.endswith("ConnectionError: no servers available for connection")
 
 
@@ -207,10 +269,10 @@ def test_dead_letters_cli_requeues_by_id_and_all(
 ) -> None:
     """`requeue ID` requeues that letter; `requeue --all` every letter; both exit 0."""
     assert main(["dead-letters", "tests.test_worker_cli:LETTERS", "requeue", "abc.2"]) == 0
-    assert letters.requeued == ["abc.2"]
+    assert letters.requeued_ids == ["abc.2"]
     assert capsys.readouterr().out == "requeued 1 job(s)\n"
     assert main(["dead-letters", "tests.test_worker_cli:LETTERS", "requeue", "--all"]) == 0
-    assert letters.requeued == ["abc.2", "abc.1", "abc.2"]
+    assert letters.requeued_ids == ["abc.2", "abc.1", "abc.2"]
     assert capsys.readouterr().out == "requeued 2 job(s)\n"
 
 
@@ -220,5 +282,170 @@ def test_dead_letters_cli_unknown_id_exits_1(
     """Requeueing an id that is no dead letter requeues the others, names it, and exits 1."""
     argv = ["dead-letters", "tests.test_worker_cli:LETTERS", "requeue", "abc.1", "zzz.9"]
     assert main(argv) == 1
-    assert letters.requeued == ["abc.1"]
+    assert letters.requeued_ids == ["abc.1"]
     assert capsys.readouterr().out == "requeued 1 job(s)\nno dead letter with id: zzz.9\n"
+
+
+TWICE_DEAD = LettersBroker(
+    _letter("abc.1", "app.add", seq=7),
+    _letter("abc.2", "app.mul", seq=8),
+    _letter("abc.1", "app.add", seq=9),
+)
+
+
+def test_dead_letters_cli_requeue_id_takes_only_its_latest_letter(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An id with two dead letters requeues only the latest, as broker.requeue(id) does."""
+    TWICE_DEAD.requeued.clear()
+    argv = ["dead-letters", "tests.test_worker_cli:TWICE_DEAD", "requeue", "abc.1", "abc.1"]
+    assert main(argv) == 0
+    assert [(d.id, d.seq) for d in TWICE_DEAD.requeued] == [("abc.1", 9)]
+    assert capsys.readouterr().out == "requeued 1 job(s)\n"
+
+
+def test_dead_letters_cli_help_says_an_id_requeues_its_latest_letter(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The help of `dead-letters` says which letter an id requeues."""
+    with pytest.raises(SystemExit):
+        main(["dead-letters", "--help"])
+    assert "the latest dead letter" in " ".join(capsys.readouterr().out.split())
+
+
+def test_dead_letters_cli_unreachable_broker_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """A server that cannot be reached: one line naming the error, exit 1, no traceback."""
+    assert main(["dead-letters", "tests.test_worker_cli:UNREACHABLE_LETTERS"]) == 1
+    line = one_error_line(capsys.readouterr().err, DEAD)
+    assert "cannot open <" in line
+    assert line.endswith("ConnectionError: no servers available for connection")
+
+
+def test_dead_letters_cli_setup_refused_by_the_server_exits_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A stream name taken with another setup (opening fails): one line, exit 1."""
+    assert main(["dead-letters", "tests.test_worker_cli:SET_UP_OTHERWISE"]) == 1
+    line = one_error_line(capsys.readouterr().err, DEAD)
+    assert line.endswith(
+        "RuntimeError: a JetStream stream named 'asyncpool_jobs' exists with another setup"
+    )
+
+
+def test_dead_letters_cli_server_lost_while_requeueing_says_how_far_it_got(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A server lost mid-requeue: what was requeued is printed, then one error line; exit 1."""
+    LOST_WHILE_REQUEUEING.requeued.clear()
+    argv = ["dead-letters", "tests.test_worker_cli:LOST_WHILE_REQUEUEING", "requeue", "--all"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "requeued 1 job(s)\n"
+    line = one_error_line(captured.err, DEAD)
+    assert line.endswith("ConnectionError: nats: connection lost")
+    assert LOST_WHILE_REQUEUEING.requeued_ids == ["abc.1"]
+
+
+def test_dead_letters_cli_bug_keeps_its_traceback() -> None:
+    """An exception no server failure raises is a bug: it propagates (Python prints it)."""
+    with pytest.raises(KeyError, match="a bug"):
+        main(["dead-letters", "tests.test_worker_cli:BUGGY"])
+
+
+# -- worker processes with no server to talk to --------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NOBODY_APP = """\
+import os
+
+from asyncpool.jetstream import JetStreamBroker
+
+broker = JetStreamBroker(
+    os.environ["NOBODY_URL"],
+    name="nobody",
+    connect_options={"connect_timeout": int(os.environ["NOBODY_CONNECT_TIMEOUT"])},
+)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _start_nobody_worker(
+    tmp_path: Path, connect_timeout: int
+) -> tuple[asyncio.subprocess.Process, str]:
+    """`python -m asyncpool worker` of a broker whose address nobody listens on."""
+    pytest.importorskip("nats", reason="the worker of a JetStreamBroker needs nats-py")
+    url = f"nats://127.0.0.1:{_free_port()}"
+    (tmp_path / "nobody_app.py").write_text(NOBODY_APP)
+    env = dict(os.environ, NOBODY_URL=url, NOBODY_CONNECT_TIMEOUT=str(connect_timeout))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "asyncpool",
+        "worker",
+        "nobody_app:broker",
+        cwd=tmp_path,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    return process, url
+
+
+async def _finish(process: asyncio.subprocess.Process, timeout: float) -> tuple[int | None, str]:
+    """The exit status (None if it outlived `timeout`: then it is killed) and all of stderr."""
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(timeout):
+            err = await process.stderr.read()
+            status: int | None = await process.wait()
+    except TimeoutError:
+        status = None
+        process.kill()
+        err = await process.stderr.read()
+        await process.wait()
+    return status, err.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_worker_cli_without_a_server_exits_1_after_the_connect_timeout(
+    tmp_path: Path,
+) -> None:
+    """Nobody at the address: exit 1 once the connect timeout has passed, with one error line."""
+    process, url = await _start_nobody_worker(tmp_path, connect_timeout=1)
+    status, err = await _finish(process, timeout=15)
+    assert status == 1, f"exit status {status}:\n{err}"
+    line = last_error_line(err, WORKER)
+    assert f"cannot connect to NATS at {url} (tried for 1 s): " in line
+    assert "encountered error" not in err  # nats-py's traceback per attempt
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_worker_cli_sigterm_while_connecting_exits_1_at_once(tmp_path: Path) -> None:
+    """SIGTERM while the first connection is tried: exit 1 at once, not after connect_timeout."""
+    process, _ = await _start_nobody_worker(tmp_path, connect_timeout=60)
+    assert process.stderr is not None
+    async with asyncio.timeout(15):
+        first = await process.stderr.readline()
+    assert first.startswith(b"asyncpool worker: opening <"), first
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    status, err = await _finish(process, timeout=10)
+    assert status == 1, (
+        f"exit status {status} {time.monotonic() - sent:.1f} s after SIGTERM:\n{err}"
+    )
+    line = last_error_line(err, WORKER)
+    assert "stopped while opening <" in line
+    assert line.endswith("its server had not answered; no job was taken")
