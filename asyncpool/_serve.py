@@ -168,9 +168,15 @@ class Server:
                 # A job cancelled while queued is skipped, not run: know
                 # every cancellation made so far before taking any job.
                 ready = helpers.create_task(caught_up.wait())
-                await asyncio.wait((ready, watcher), return_when=asyncio.FIRST_COMPLETED)
-                ready.cancel()
+                waits: set[asyncio.Task[Any]] = {ready, watcher}
+                if self._stop is not None:
+                    waits.add(helpers.create_task(self._stop.wait()))
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for wait in waits - {watcher}:
+                    wait.cancel()
                 try:
+                    if self._stop is not None and self._stop.is_set():
+                        return self.report
                     async with self._dispatcher.intake() as intake:
                         if self._stop is None:
                             await self._take(intake)

@@ -881,3 +881,18 @@ async def test_serve_takes_no_job_before_it_knows_the_cancellations_made() -> No
         stop.set()
         report = await serving
     assert report.taken == 0
+
+
+async def test_serve_stopped_before_the_cancellations_are_read_returns() -> None:
+    """A stop while the cancellation watch is still reading ends serve; nothing is fetched."""
+    transport = _LateCancels()
+    broker = MemoryBroker(transport)
+    stop = asyncio.Event()
+    async with asyncio.timeout(10), broker, Dispatcher(workers=2) as dispatcher:
+        serving = asyncio.create_task(broker.serve(dispatcher, stop=stop))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        stop.set()
+        report = await serving
+    assert report.taken == 0
+    assert not transport.fetched.is_set()
