@@ -269,6 +269,15 @@ class WorkerProcess:
     def stderr(self) -> str:
         return tail(self.stderr_path, 100_000)
 
+    async def wait_serving(self, timeout: float = 20.0) -> None:
+        """Until the worker says it serves (its broker is open); bounded by `timeout`."""
+        deadline = time.monotonic() + timeout
+        while "asyncpool worker: serving" not in self.stderr():
+            if not self.alive or time.monotonic() > deadline:
+                raise AssertionError(f"not serving after {timeout} s: {self.describe()}")
+            # A separate process gives no event to wait on: poll its output.
+            await asyncio.sleep(0.05)
+
     def describe(self) -> str:
         status = "alive" if self.alive else f"exited {self.returncode}"
         return (

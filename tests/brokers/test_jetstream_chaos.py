@@ -700,8 +700,13 @@ async def test_jetstream_keyed_jobs_across_workers_never_overlap_and_keep_order(
 ) -> None:
     """One key's jobs never run at once, even on two processes, and run in submitted order."""
     rig = Rig(nats_url, broker_name, tmp_path / "runs.jsonl", worker_fleet, ack_wait=5.0)
-    rig.start_worker(workers=4, label="a")
-    rig.start_worker(workers=4, label="b")
+    # Both serving before the first job, and one of them with room for a
+    # single job: then neither can run every key alone (a worker that came
+    # up late, or that kept winning its own freed lanes, did).
+    a = rig.start_worker(workers=1, label="a")
+    b = rig.start_worker(workers=4, label="b")
+    await a.wait_serving()
+    await b.wait_serving()
     app = rig.client()
     keys = [f"user-{n}" for n in range(4)]
     per_key = 8
