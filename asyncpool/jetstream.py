@@ -416,7 +416,11 @@ class _JetStreamTransport:
         # while the lanes are pulled must still wake the wait that follows.
         self._bell.clear()
         got: list[Delivery] = []
-        for lane in self._lanes + self._key_lanes:
+        # High first; then the key lanes, before normal and low: a steady
+        # flow of unkeyed jobs must not hold keyed ones back for ever (a key
+        # lane gives at most one job at a time anyway).
+        high, *rest = self._lanes
+        for lane in [high, *self._key_lanes, *rest]:
             if len(got) >= most:
                 break
             if lane.ready:

@@ -437,6 +437,23 @@ async def test_priority_lanes_run_higher_first(nats_server: str, broker_name: st
         assert [label for label, _ in gate.runs] == ["high", "normal", "low"]
 
 
+# Regression: key lanes were pulled after every priority lane, so a steady
+# flow of unkeyed jobs held keyed ones back.
+async def test_keyed_job_is_not_held_back_behind_unkeyed_ones(
+    nats_server: str, broker_name: str
+) -> None:
+    """With one free worker, a waiting keyed job is taken before waiting normal ones."""
+    gate = Gate()
+    async with make_broker(nats_server, broker_name) as broker:
+        tasks = register(broker, gate)
+        handles = [await broker.submit(tasks["record"], f"plain {n}") for n in range(5)]
+        handles.append(await broker.submit(tasks["record"], "keyed", key="k"))
+        async with serving(broker, workers=1):
+            for handle in handles:
+                await handle
+        assert gate.runs[0][0] == "keyed"
+
+
 async def test_keyed_jobs_run_one_at_a_time_in_order(nats_server: str, broker_name: str) -> None:
     """Jobs of one key never overlap and run in submission order, with workers to spare."""
     running: dict[str, int] = {}
