@@ -171,7 +171,7 @@ def build_parser(prog: str = "python -m asyncpool") -> argparse.ArgumentParser:
         description=(
             "List the dead letters of MODULE:BROKER, or requeue some (by job id) or all. "
             "A job id requeues the latest dead letter with that id (as broker.requeue(id) "
-            "does); --all requeues every dead letter."
+            "does); --all requeues the latest dead letter of every id."
         ),
     )
     dead.add_argument("broker", metavar="MODULE:BROKER", help="e.g. app.tasks:broker")
@@ -182,7 +182,9 @@ def build_parser(prog: str = "python -m asyncpool") -> argparse.ArgumentParser:
         metavar="ID",
         help="job ids to requeue (the latest dead letter of each), or --all",
     )
-    dead.add_argument("--all", action="store_true", help="requeue every dead letter")
+    dead.add_argument(
+        "--all", action="store_true", help="requeue every job (the latest dead letter of each id)"
+    )
     dead.set_defaults(prog=f"{prog} dead-letters")
     return parser
 

@@ -244,7 +244,7 @@ async def run_dead_letters(broker: Broker, action: str, ids: Sequence[str], out:
     """List dead letters, or requeue some (`ids`) or all (`ids == ["--all"]`).
 
     An id requeues the latest dead letter with that id, as `broker.requeue(id)`
-    does; `--all` requeues every letter.
+    does; `--all` requeues the latest letter of every id.
 
     Returns:
         0, or 1 when an id to requeue is not a dead letter (the others are
@@ -298,14 +298,14 @@ async def _dead_letters(
             )
         print(f"{len(letters)} dead letter(s)", file=out)
         return 0
+    # The latest letter of each id, as broker.requeue(job_id) takes. An
+    # older letter of the id is an earlier death of the same job: sending it
+    # back too would run the job twice.
+    latest = {letter.id: letter for letter in letters}
     if list(ids) == ["--all"]:
-        chosen = letters
+        chosen = list(latest.values())
         missing: list[str] = []
     else:
-        # The latest letter of each id, as broker.requeue(job_id) takes. An
-        # older letter of the id is an earlier death of the same job: sending
-        # it back too would run the job twice.
-        latest = {letter.id: letter for letter in letters}
         wanted = list(dict.fromkeys(ids))
         chosen = [latest[job_id] for job_id in wanted if job_id in latest]
         missing = [job_id for job_id in wanted if job_id not in latest]

@@ -304,6 +304,17 @@ def test_dead_letters_cli_requeue_id_takes_only_its_latest_letter(
     assert capsys.readouterr().out == "requeued 1 job(s)\n"
 
 
+def test_dead_letters_cli_requeue_all_takes_the_latest_letter_of_each_id(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--all` sends each job back once: an older letter of the same id stays."""
+    TWICE_DEAD.requeued.clear()
+    argv = ["dead-letters", "tests.test_worker_cli:TWICE_DEAD", "requeue", "--all"]
+    assert main(argv) == 0
+    assert sorted((d.id, d.seq) for d in TWICE_DEAD.requeued) == [("abc.1", 9), ("abc.2", 8)]
+    assert capsys.readouterr().out == "requeued 2 job(s)\n"
+
+
 def test_dead_letters_cli_help_says_an_id_requeues_its_latest_letter(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
