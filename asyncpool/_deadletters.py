@@ -24,7 +24,8 @@ class DeadLetter:
         codec: The codec named beside the payload.
         subject: Where it was published (a requeue publishes it there again).
         dead_at: When it died (seconds since the epoch).
-        seq: The engine's position of the dead letter (used to requeue it).
+        seq: The engine's position of the dead letter (used to requeue it): a
+            JetStream sequence number, or a Redis stream entry id.
     """
 
     id: str
@@ -36,4 +37,4 @@ class DeadLetter:
     codec: str | None
     subject: str
     dead_at: float
-    seq: int
+    seq: int | str

@@ -346,7 +346,7 @@ class JetStreamTransport:
         subject = letter.subject or f"{b.name}.jobs.normal"
         await self.delete_outcome(letter.id)
         await self._js.publish(subject, letter.payload, headers=headers)
-        await self._js.delete_msg(b.dead_stream, letter.seq)
+        await self._js.delete_msg(b.dead_stream, int(letter.seq))
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:

@@ -1,0 +1,510 @@
+"""`asyncpool._transport.Transport` on Redis Streams: what a Redis broker keeps.
+
+Every key is named from the broker's name inside braces (a Redis Cluster
+hash tag: all of one broker's keys live in one slot, so its scripts may
+touch any of them):
+
+* `{name}:lane:high|normal|low`: the priority lanes, and
+  `{name}:key:<i>`: the key lanes; streams with one consumer group,
+  `workers`, whose pending entries list is who holds what, since when, and
+  how often it was delivered;
+* `{name}:delayed`: a sorted set of retries waiting out their backoff,
+  moved into their lanes by the next worker that fetches once they are due;
+* `{name}:parked`: a hash of key lanes whose one job was handed back with a
+  delay (it keeps its place and the lane's lock until due);
+* `{name}:seen:<job id>`: a submitted id, kept `DEDUP_WINDOW` seconds, so a
+  retried publish adds nothing;
+* `{name}:result:<job id>`: a terminal record, with the broker's result
+  TTL; written once, and published on the channel `{name}:done:<origin>`
+  of the process that submitted the job (job ids are `<origin>.<n>`);
+* `{name}:cancels`: a stream of cancellation requests, trimmed to the
+  result TTL; `{name}:dead`: the dead letters;
+* the channel `{name}:bell`: rung when a job enters a lane.
+
+The atomic steps are Lua scripts (`_redis_scripts`); this module calls them,
+keeps the listening connection (records and the bell) and the cancellation
+watch, and turns what a fetch returns into deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+import redis.asyncio
+import redis.exceptions
+from redis.asyncio.client import PubSub
+
+from . import _redis_scripts as scripts
+from ._deadletters import DeadLetter
+from ._envelope import Envelope, partition_of
+from ._transport import Delivery
+
+if TYPE_CHECKING:
+    from .redis import RedisBroker
+
+__all__ = ("RedisDelivery", "RedisTransport")
+
+_log = logging.getLogger("asyncpool")
+
+GROUP: Final = "workers"
+DEDUP_WINDOW: Final = 120
+"""How long a submitted job id is remembered, so that a retried publish adds nothing (s)."""
+_LANES: Final = ("high", "normal", "low")
+_CANCEL_BATCH: Final = 1000
+_WATCH_BLOCK_MS: Final = 1000
+_BACKOFF_MAX: Final = 1.0
+
+LOST: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+"""What a lost or unreachable server raises."""
+
+
+class RedisDelivery:
+    """One job entry read from a lane by this worker."""
+
+    __slots__ = ("_transport", "_lane", "_keyed", "entry_id", "attempt", "data", "_codec", "_id")
+
+    def __init__(
+        self,
+        transport: RedisTransport,
+        lane: str,
+        keyed: bool,
+        entry_id: str,
+        attempt: int,
+        data: bytes,
+        codec: str,
+        job_id: str,
+    ) -> None:
+        self._transport = transport
+        self._lane = lane
+        self._keyed = keyed
+        self.entry_id = entry_id
+        self.attempt = attempt
+        self.data = data
+        self._codec = codec
+        self._id = job_id
+
+    @property
+    def codec_name(self) -> str | None:
+        return self._codec or None
+
+    @property
+    def job_id(self) -> str | None:
+        return self._id or None
+
+    @property
+    def message_id(self) -> str:
+        return self._id or f"entry-{self.entry_id}"
+
+    @property
+    def lane(self) -> str:
+        """The stream the entry was read from (a requeued dead letter goes back there)."""
+        return self._lane
+
+    async def ack(self) -> None:
+        t = self._transport
+        await t.call(
+            t.scripts_ack,
+            [self._lane],
+            [GROUP, self.entry_id, t.consumer, t.bell_channel, int(self._keyed)],
+        )
+
+    async def nak(self, delay: float) -> None:
+        t = self._transport
+        await t.call(
+            t.scripts_nak,
+            [self._lane, t.delayed_key, t.parked_key],
+            [
+                GROUP,
+                self.entry_id,
+                t.consumer,
+                max(0, round(delay * 1000)),
+                int(self._keyed),
+                t.bell_channel,
+            ],
+        )
+        if delay > 0:
+            # Be the one to look when it is due (any idle worker will, within
+            # its recheck interval, too).
+            t.ring(delay)
+
+    async def extend(self) -> None:
+        t = self._transport
+        await t.call(t.scripts_extend, [self._lane], [GROUP, self.entry_id, t.consumer])
+
+
+class RedisTransport:
+    """`asyncpool._transport.Transport` on a `redis.asyncio` client."""
+
+    def __init__(
+        self,
+        broker: RedisBroker,
+        client: redis.asyncio.Redis,
+        listener: redis.asyncio.Redis,
+        *,
+        origin: str,
+        deliver: Callable[[str, bytes], None],
+        awaited: Callable[[], Iterable[str]],
+    ) -> None:
+        self._broker = broker
+        self._redis = client
+        self._listener = listener
+        self.consumer = origin
+        self._deliver = deliver
+        self._awaited = awaited
+        p = f"{{{broker.name}}}"
+        self.prefix = p
+        self.lanes = [f"{p}:lane:{lane}" for lane in _LANES]
+        self.key_lanes = [f"{p}:key:{i}" for i in range(broker.key_partitions)]
+        high, normal, low = self.lanes
+        self._fetch_keys = [f"{p}:delayed", f"{p}:parked", high, *self.key_lanes, normal, low]
+        self._keyed_count = str(len(self.key_lanes))
+        self._lane_by_index = self._fetch_keys[2:]
+        self._keyed_lanes = frozenset(self.key_lanes)
+        self.delayed_key = f"{p}:delayed"
+        self.parked_key = f"{p}:parked"
+        self.dead_key = f"{p}:dead"
+        self.cancels_key = f"{p}:cancels"
+        self.bell_channel = f"{p}:bell"
+        self._done_prefix = f"{p}:done:"
+        self.recheck_interval = min(0.5, broker.ack_wait / 4)
+        self.lease_period = broker.ack_wait / 3
+        self._lease_ms = str(round(broker.ack_wait * 1000))
+        self._last_reclaim = 0.0
+        self._bell = asyncio.Event()
+        self._fetched = False
+        # Channels listened to, each with the event set once subscribed.
+        self._channels: dict[str, asyncio.Event] = {}
+        self._pubsub: PubSub | None = None
+        self._listening: asyncio.Task[None] | None = None
+        self._lost = False
+        register = client.register_script
+        self.scripts_publish = register(scripts.PUBLISH_JOB)
+        self.scripts_fetch = register(scripts.FETCH)
+        self.scripts_ack = register(scripts.ACK)
+        self.scripts_extend = register(scripts.EXTEND)
+        self.scripts_nak = register(scripts.NAK)
+        self._create_outcome = register(scripts.CREATE_OUTCOME)
+        self._dead_letter = register(scripts.DEAD_LETTER)
+        self._requeue = register(scripts.REQUEUE)
+
+    async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run one of the scripts (loaded on first use, and again after a server restart)."""
+        return await script(keys=keys, args=args)
+
+    # -- set up --------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the lanes' consumer group where missing; listen for this process's records."""
+        for lane in self.lanes + self.key_lanes:
+            try:
+                await self._redis.xgroup_create(lane, GROUP, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        await self._listen_to(f"{self._done_prefix}{self.consumer}")
+
+    async def close(self) -> None:
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            listening.cancel()
+            with contextlib.suppress(BaseException):
+                await listening
+        if self._fetched:
+            # A worker that holds nothing leaves the group (one that holds
+            # jobs stays: its entries are reclaimed once their lease ends).
+            with contextlib.suppress(*LOST, redis.exceptions.ResponseError):
+                for lane in self.lanes + self.key_lanes:
+                    mine = await self._redis.xpending_range(
+                        lane, GROUP, min="-", max="+", count=1, consumername=self.consumer
+                    )
+                    if not mine:
+                        await self._redis.xgroup_delconsumer(lane, GROUP, self.consumer)
+
+    # -- listening: records and the bell -------------------------------
+
+    async def _listen_to(self, channel: str) -> None:
+        """Subscribe (once) to `channel`; return when the server has confirmed it."""
+        subscribed = self._channels.get(channel)
+        if subscribed is None:
+            subscribed = self._channels[channel] = asyncio.Event()
+            if self._listening is None:
+                self._listening = asyncio.get_running_loop().create_task(
+                    self._listen(), name=f"asyncpool-redis-listen-{self._broker.name}"
+                )
+            elif self._pubsub is not None:
+                with contextlib.suppress(*LOST):
+                    await self._pubsub.subscribe(channel)
+        async with asyncio.timeout(10):
+            await subscribed.wait()
+
+    async def _listen(self) -> None:
+        """Read the subscribed channels; after a lost connection, subscribe again and catch up."""
+        delay = 0.05
+        while True:
+            pubsub = self._listener.pubsub()
+            self._pubsub = pubsub
+            try:
+                pending = set(self._channels)
+                await pubsub.subscribe(*pending)
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is None:
+                        continue
+                    kind = message["type"]
+                    channel = message["channel"].decode()
+                    if kind == "message":
+                        self._arrived(channel, message["data"])
+                    elif kind == "subscribe":
+                        pending.discard(channel)
+                        if not pending:
+                            # Records written while nobody listened: read them.
+                            await self._catch_up()
+                            delay = 0.05
+                            if self._lost:
+                                self._lost = False
+                                _log.warning(
+                                    "asyncpool: broker %r reconnected to Redis (%s)",
+                                    self._broker.name,
+                                    self._broker.url,
+                                )
+                        event = self._channels.get(channel)
+                        if event is not None:
+                            event.set()
+            except LOST as exc:
+                if not self._lost:
+                    self._lost = True
+                    _log.warning(
+                        "asyncpool: broker %r lost its connection to Redis (%s): %s; reconnecting",
+                        self._broker.name,
+                        self._broker.url,
+                        exc,
+                    )
+                for event in self._channels.values():
+                    event.clear()
+                self._bell.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+            finally:
+                self._pubsub = None
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _arrived(self, channel: str, data: bytes) -> None:
+        if channel == self.bell_channel:
+            self._bell.set()
+            return
+        job_id, _, record = data.partition(b" ")
+        self._deliver(job_id.decode(), record)
+
+    async def _catch_up(self) -> None:
+        """Deliver the records of awaited jobs that were written before we listened."""
+        waiting = list(self._awaited())
+        for start in range(0, len(waiting), 500):
+            batch = waiting[start : start + 500]
+            records = await self._redis.mget([self._record_key(job_id) for job_id in batch])
+            for job_id, record in zip(batch, records, strict=True):
+                if record is not None:
+                    self._deliver(job_id, record)
+
+    # -- jobs ----------------------------------------------------------
+
+    def lane_for(self, priority: int, key: str | int | None) -> str:
+        if key is not None:
+            return self.key_lanes[partition_of(key, len(self.key_lanes))]
+        return self.lanes[0 if priority > 0 else 2 if priority < 0 else 1]
+
+    async def publish(self, envelope: Envelope, data: bytes, codec_name: str) -> None:
+        await self.scripts_publish(
+            keys=[
+                self.lane_for(envelope.priority, envelope.key),
+                f"{self.prefix}:seen:{envelope.id}",
+            ],
+            args=[data, codec_name, envelope.id, self.bell_channel, DEDUP_WINDOW],
+        )
+
+    async def fetch(self, most: int) -> list[Delivery]:
+        if not self._fetched:
+            self._fetched = True
+            await self._listen_to(self.bell_channel)
+        # Cleared before looking: a bell that rings while the lanes are read
+        # must still wake the wait that follows.
+        self._bell.clear()
+        now = time.monotonic()
+        reclaim = now - self._last_reclaim >= self.recheck_interval
+        if reclaim:
+            self._last_reclaim = now
+        try:
+            flat = await self.scripts_fetch(
+                keys=self._fetch_keys,
+                args=[
+                    GROUP,
+                    self.consumer,
+                    most,
+                    self._lease_ms,
+                    "1" if reclaim else "0",
+                    self.bell_channel,
+                    self._keyed_count,
+                ],
+            )
+        except LOST:
+            # The listener says so in one line; serving resumes when it is back.
+            return []
+        got: list[Delivery] = []
+        lanes = self._lane_by_index
+        keyed = self._keyed_lanes
+        for j in range(0, len(flat), 7):
+            lane = lanes[flat[j] - 1]
+            got.append(
+                RedisDelivery(
+                    self,
+                    lane,
+                    lane in keyed,
+                    flat[j + 1].decode(),
+                    flat[j + 2] + flat[j + 6],
+                    flat[j + 3],
+                    flat[j + 4].decode(),
+                    flat[j + 5].decode(),
+                )
+            )
+        return got
+
+    async def hand_back_strays(self) -> None:
+        """Nothing arrives unasked: a fetch returns exactly what it took."""
+
+    def ring(self, delay: float = 0.0) -> None:
+        """Look at the lanes again (now, or after `delay` seconds)."""
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._bell.set)
+        else:
+            self._bell.set()
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Until a job enters a lane, or `timeout` (a lease running out rings no bell)."""
+        # Not wait_for: on 3.11 it may swallow a cancellation that comes as
+        # the bell rings, and serve would never stop.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout if not self._lost else _BACKOFF_MAX):
+                await self._bell.wait()
+
+    # -- records -------------------------------------------------------
+
+    def _record_key(self, job_id: str) -> str:
+        return f"{self.prefix}:result:{job_id}"
+
+    async def create_outcome(self, job_id: str, data: bytes) -> bool:
+        origin = job_id.split(".", 1)[0]
+        created = await self._create_outcome(
+            keys=[self._record_key(job_id)],
+            args=[data, round(self._broker.result_ttl), f"{self._done_prefix}{origin}", job_id],
+        )
+        return bool(created)
+
+    async def read_outcome(self, job_id: str) -> bytes | None:
+        record: bytes | None = await self._redis.get(self._record_key(job_id))
+        return record
+
+    async def watch_outcome(self, job_id: str, deliver: Callable[[str, bytes], None]) -> None:
+        # Records are published to the submitting process's channel: listen
+        # there too (the broker ignores records of jobs nobody here awaits).
+        origin = job_id.split(".", 1)[0]
+        await self._listen_to(f"{self._done_prefix}{origin}")
+
+    async def request_cancel(self, job_id: str) -> None:
+        oldest = int((time.time() - self._broker.result_ttl) * 1000)
+        await self._redis.xadd(
+            self.cancels_key, {"i": job_id}, minid=max(oldest, 0), approximate=True
+        )
+
+    async def watch_cancels(
+        self, cancelled: Callable[[str], None], caught_up: Callable[[], None]
+    ) -> None:
+        last = "0-0"
+        told = False
+        delay = 0.05
+        while True:
+            try:
+                block = None if not told else _WATCH_BLOCK_MS
+                got = await self._redis.xread(
+                    {self.cancels_key: last}, count=_CANCEL_BATCH, block=block
+                )
+                delay = 0.05
+            except LOST:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            entries = got[0][1] if got else []
+            for entry_id, entry in entries:
+                last = entry_id.decode()
+                job_id = entry.get(b"i")
+                if job_id:
+                    cancelled(job_id.decode())
+            if not told and len(entries) < _CANCEL_BATCH:
+                told = True
+                caught_up()
+
+    # -- dead letters --------------------------------------------------
+
+    async def dead_letter(self, delivery: Any, letter: dict[str, Any]) -> None:
+        letter = dict(letter, subject=delivery.lane)
+        await self._dead_letter(
+            keys=[
+                self.dead_key,
+                f"{self.prefix}:deadseen:{letter['id']}:{delivery.entry_id}",
+            ],
+            # One dead letter per job entry, however often its death is
+            # written (a worker may die between this and its ack).
+            args=[json.dumps(letter), DEDUP_WINDOW],
+        )
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        letters: list[DeadLetter] = []
+        start = "-"
+        while True:
+            entries = await self._redis.xrange(self.dead_key, min=start, count=500)
+            for entry_id, entry in entries:
+                raw = json.loads(entry.get(b"letter") or b"{}")
+                letters.append(letter_from(raw, entry_id.decode()))
+            if len(entries) < 500:
+                return letters
+            start = "(" + entries[-1][0].decode()
+
+    async def requeue(self, letter: DeadLetter) -> None:
+        lane = letter.subject if letter.subject.startswith(f"{self.prefix}:") else self.lanes[1]
+        await self._requeue(
+            keys=[lane, self.dead_key, self._record_key(letter.id)],
+            args=[
+                str(letter.seq),
+                letter.payload,
+                letter.codec or "",
+                letter.id,
+                self.bell_channel,
+            ],
+        )
+
+    async def destroy(self) -> None:
+        """Delete every key of this broker."""
+        async for key in self._redis.scan_iter(match=f"{self.prefix}:*", count=500):
+            await self._redis.unlink(key)
+
+
+def letter_from(raw: dict[str, Any], entry_id: str) -> DeadLetter:
+    """A dead letter as the stream keeps it (`entry_id`: where, to requeue or delete it)."""
+    return DeadLetter(
+        id=str(raw.get("id")),
+        task=raw.get("task"),
+        reason=str(raw.get("reason")),
+        error=raw.get("error"),
+        attempts=int(raw.get("attempts") or 0),
+        payload=base64.b64decode(raw.get("payload") or ""),
+        codec=raw.get("codec"),
+        subject=str(raw.get("subject") or ""),
+        dead_at=float(raw.get("at") or 0.0),
+        seq=entry_id,
+    )
