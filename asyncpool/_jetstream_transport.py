@@ -251,6 +251,11 @@ class JetStreamTransport:
             return False
         return True
 
+    async def finish(self, delivery: Any, job_id: str, record: bytes | None) -> None:
+        if record is not None:
+            await self.create_outcome(job_id, record)
+        await delivery.ack()
+
     async def read_outcome(self, job_id: str) -> bytes | None:
         assert self._results is not None
         try:

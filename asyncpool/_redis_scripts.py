@@ -15,7 +15,8 @@ atomic step on the server:
   (a worker that lost its lease can no longer take the job back from the
   one that reclaimed it). An acked entry is deleted: streams do not grow.
 * `CREATE_OUTCOME`: a terminal record is written once, with its TTL, and
-  published to the submitting process in the same step.
+  published to the submitting process in the same step; `FINISH` does that
+  and the ack in one call (a job's usual end: one round trip, not two).
 * `DEAD_LETTER`, `REQUEUE`: a dead letter is written once per job message.
 
 Entries carry the fields `d` (the payload), `c` (its codec), `i` (the job
@@ -34,6 +35,7 @@ __all__ = (
     "DEAD_LETTER",
     "EXTEND",
     "FETCH",
+    "FINISH",
     "NAK",
     "PUBLISH_JOB",
     "REQUEUE",
@@ -185,6 +187,29 @@ if ARGV[5] == '1' and redis.call('XLEN', KEYS[1]) > 0 then
   redis.call('PUBLISH', ARGV[4], '1')
 end
 return 1
+"""
+)
+
+FINISH: Final = (
+    _FIELDS
+    + """
+-- KEYS: lane, record.
+-- ARGV: group, entry id, consumer, bell channel, keyed (0/1),
+--       record ('' for none), ttl (s), channel, job id
+-- Returns {written (0/1), acked (0/1)}.
+local written = 0
+if ARGV[6] ~= '' and redis.call('SET', KEYS[2], ARGV[6], 'NX', 'EX', ARGV[7]) then
+  redis.call('PUBLISH', ARGV[8], ARGV[9] .. ' ' .. ARGV[6])
+  written = 1
+end
+local who = holder(KEYS[1], ARGV[1], ARGV[2])
+if who and who ~= ARGV[3] then return {written, 0} end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if ARGV[5] == '1' and redis.call('XLEN', KEYS[1]) > 0 then
+  redis.call('PUBLISH', ARGV[4], '1')
+end
+return {written, 1}
 """
 )
 

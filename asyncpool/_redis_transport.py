@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -63,6 +64,27 @@ _BACKOFF_MAX: Final = 1.0
 
 LOST: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 """What a lost or unreachable server raises."""
+
+
+class Script:
+    """A Lua script run by its SHA1 (sent whole once, and again after a server restart)."""
+
+    __slots__ = ("_client", "_text", "_sha")
+
+    def __init__(self, client: redis.asyncio.Redis, text: str) -> None:
+        self._client = client
+        self._text = text
+        self._sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._client.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._sha, len(keys), *keys, *args
+            )
+        except redis.exceptions.NoScriptError:
+            return await self._client.execute_command(  # type: ignore[no-untyped-call]
+                "EVAL", self._text, len(keys), *keys, *args
+            )
 
 
 class RedisDelivery:
@@ -103,22 +125,24 @@ class RedisDelivery:
         return self._id or f"entry-{self.entry_id}"
 
     @property
+    def keyed(self) -> bool:
+        """Read from a key lane."""
+        return self._keyed
+
+    @property
     def lane(self) -> str:
         """The stream the entry was read from (a requeued dead letter goes back there)."""
         return self._lane
 
     async def ack(self) -> None:
         t = self._transport
-        await t.call(
-            t.scripts_ack,
-            [self._lane],
-            [GROUP, self.entry_id, t.consumer, t.bell_channel, int(self._keyed)],
+        await t.scripts_ack(
+            [self._lane], [GROUP, self.entry_id, t.consumer, t.bell_channel, int(self._keyed)]
         )
 
     async def nak(self, delay: float) -> None:
         t = self._transport
-        await t.call(
-            t.scripts_nak,
+        await t.scripts_nak(
             [self._lane, t.delayed_key, t.parked_key],
             [
                 GROUP,
@@ -136,7 +160,7 @@ class RedisDelivery:
 
     async def extend(self) -> None:
         t = self._transport
-        await t.call(t.scripts_extend, [self._lane], [GROUP, self.entry_id, t.consumer])
+        await t.scripts_extend([self._lane], [GROUP, self.entry_id, t.consumer])
 
 
 class RedisTransport:
@@ -149,6 +173,7 @@ class RedisTransport:
         listener: redis.asyncio.Redis,
         *,
         origin: str,
+        where: str,
         deliver: Callable[[str, bytes], None],
         awaited: Callable[[], Iterable[str]],
     ) -> None:
@@ -156,6 +181,7 @@ class RedisTransport:
         self._redis = client
         self._listener = listener
         self.consumer = origin
+        self._where = where
         self._deliver = deliver
         self._awaited = awaited
         p = f"{{{broker.name}}}"
@@ -184,19 +210,15 @@ class RedisTransport:
         self._pubsub: PubSub | None = None
         self._listening: asyncio.Task[None] | None = None
         self._lost = False
-        register = client.register_script
-        self.scripts_publish = register(scripts.PUBLISH_JOB)
-        self.scripts_fetch = register(scripts.FETCH)
-        self.scripts_ack = register(scripts.ACK)
-        self.scripts_extend = register(scripts.EXTEND)
-        self.scripts_nak = register(scripts.NAK)
-        self._create_outcome = register(scripts.CREATE_OUTCOME)
-        self._dead_letter = register(scripts.DEAD_LETTER)
-        self._requeue = register(scripts.REQUEUE)
-
-    async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """Run one of the scripts (loaded on first use, and again after a server restart)."""
-        return await script(keys=keys, args=args)
+        self.scripts_publish = Script(client, scripts.PUBLISH_JOB)
+        self.scripts_fetch = Script(client, scripts.FETCH)
+        self.scripts_ack = Script(client, scripts.ACK)
+        self.scripts_finish = Script(client, scripts.FINISH)
+        self.scripts_extend = Script(client, scripts.EXTEND)
+        self.scripts_nak = Script(client, scripts.NAK)
+        self._create_outcome = Script(client, scripts.CREATE_OUTCOME)
+        self._dead_letter = Script(client, scripts.DEAD_LETTER)
+        self._requeue = Script(client, scripts.REQUEUE)
 
     # -- set up --------------------------------------------------------
 
@@ -272,18 +294,26 @@ class RedisTransport:
                                 _log.warning(
                                     "asyncpool: broker %r reconnected to Redis (%s)",
                                     self._broker.name,
-                                    self._broker.url,
+                                    self._where,
                                 )
                         event = self._channels.get(channel)
                         if event is not None:
                             event.set()
-            except LOST as exc:
-                if not self._lost:
+            except (*LOST, redis.exceptions.RedisError) as exc:
+                if not isinstance(exc, LOST):
+                    # Not the connection's doing (a server refusing a
+                    # command?): keep listening, but say what it was.
+                    _log.error(
+                        "asyncpool: broker %r: Redis listener failed",
+                        self._broker.name,
+                        exc_info=exc,
+                    )
+                elif not self._lost:
                     self._lost = True
                     _log.warning(
                         "asyncpool: broker %r lost its connection to Redis (%s): %s; reconnecting",
                         self._broker.name,
-                        self._broker.url,
+                        self._where,
                         exc,
                     )
                 for event in self._channels.values():
@@ -342,8 +372,8 @@ class RedisTransport:
             self._last_reclaim = now
         try:
             flat = await self.scripts_fetch(
-                keys=self._fetch_keys,
-                args=[
+                self._fetch_keys,
+                [
                     GROUP,
                     self.consumer,
                     most,
@@ -401,10 +431,27 @@ class RedisTransport:
     async def create_outcome(self, job_id: str, data: bytes) -> bool:
         origin = job_id.split(".", 1)[0]
         created = await self._create_outcome(
-            keys=[self._record_key(job_id)],
-            args=[data, round(self._broker.result_ttl), f"{self._done_prefix}{origin}", job_id],
+            [self._record_key(job_id)],
+            [data, round(self._broker.result_ttl), f"{self._done_prefix}{origin}", job_id],
         )
         return bool(created)
+
+    async def finish(self, delivery: Any, job_id: str, record: bytes | None) -> None:
+        origin = job_id.split(".", 1)[0]
+        await self.scripts_finish(
+            [delivery.lane, self._record_key(job_id)],
+            [
+                GROUP,
+                delivery.entry_id,
+                self.consumer,
+                self.bell_channel,
+                int(delivery.keyed),
+                record if record is not None else b"",
+                round(self._broker.result_ttl),
+                f"{self._done_prefix}{origin}",
+                job_id,
+            ],
+        )
 
     async def read_outcome(self, job_id: str) -> bytes | None:
         record: bytes | None = await self._redis.get(self._record_key(job_id))
@@ -454,13 +501,13 @@ class RedisTransport:
     async def dead_letter(self, delivery: Any, letter: dict[str, Any]) -> None:
         letter = dict(letter, subject=delivery.lane)
         await self._dead_letter(
-            keys=[
+            [
                 self.dead_key,
                 f"{self.prefix}:deadseen:{letter['id']}:{delivery.entry_id}",
             ],
             # One dead letter per job entry, however often its death is
             # written (a worker may die between this and its ack).
-            args=[json.dumps(letter), DEDUP_WINDOW],
+            [json.dumps(letter), DEDUP_WINDOW],
         )
 
     async def dead_letters(self) -> list[DeadLetter]:
@@ -478,8 +525,8 @@ class RedisTransport:
     async def requeue(self, letter: DeadLetter) -> None:
         lane = letter.subject if letter.subject.startswith(f"{self.prefix}:") else self.lanes[1]
         await self._requeue(
-            keys=[lane, self.dead_key, self._record_key(letter.id)],
-            args=[
+            [lane, self.dead_key, self._record_key(letter.id)],
+            [
                 str(letter.seq),
                 letter.payload,
                 letter.codec or "",

@@ -378,10 +378,9 @@ class Server:
                 return
             if letter is not None:
                 await transport.dead_letter(delivery, letter)
-            if record is not None:
-                # False when a record exists: a remote cancel won the race; it stands.
-                await transport.create_outcome(held.envelope.id, record)
-            await delivery.ack()
+            # The record is not written when one exists: a remote cancel won
+            # the race; it stands.
+            await transport.finish(delivery, held.envelope.id, record)
         except Exception:
             # The broker redelivers what was not acked once its lease runs
             # out: at-least-once holds; the job may run again.

@@ -226,6 +226,7 @@ class RedisBroker(Broker):
                 client,
                 listener,
                 origin=self._origin,
+                where=where,
                 deliver=self._outcome_arrived,
                 awaited=lambda: list(self._waiting),
             )

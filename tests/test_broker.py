@@ -74,6 +74,10 @@ class MemoryTransport:
     async def create_outcome(self, job_id: str, data: bytes) -> bool:
         return self.write(job_id, data)
 
+    async def finish(self, delivery: Any, job_id: str, record: bytes | None) -> None:
+        if record is not None:
+            self.write(job_id, record)
+
     async def read_outcome(self, job_id: str) -> bytes | None:
         return self.outcomes.get(job_id)
 
