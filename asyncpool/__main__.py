@@ -139,7 +139,7 @@ def build_parser(prog: str = "python -m asyncpool") -> argparse.ArgumentParser:
     cluster.set_defaults(prog=f"{prog} demo-cluster")
     worker = commands.add_parser(
         "worker",
-        help="run the jobs of a broker (NATS JetStream) in this process",
+        help="run the jobs of a broker (NATS JetStream or Redis) in this process",
         description=(
             "Import MODULE, take its broker BROKER, and run its jobs on a Dispatcher "
             "of --workers workers until SIGTERM or SIGINT. Then stop taking jobs, hand "

@@ -35,7 +35,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import redis.asyncio
@@ -66,17 +66,40 @@ LOST: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, 
 """What a lost or unreachable server raises."""
 
 
+_DROPPED: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+@contextlib.contextmanager
+def connection_errors(where: str) -> Iterator[None]:
+    """Raise a lost or unreachable server as the built-in `ConnectionError` (an `OSError`).
+
+    redis-py's own errors are not `OSError`s; the worker command, like every
+    caller of a broker, treats an `OSError` as the server's doing.
+    """
+    try:
+        yield
+    except _DROPPED as exc:
+        raise ConnectionError(
+            f"lost the connection to Redis at {where}: {str(exc) or type(exc).__name__}"
+        ) from exc
+
+
 class Script:
     """A Lua script run by its SHA1 (sent whole once, and again after a server restart)."""
 
-    __slots__ = ("_client", "_text", "_sha")
+    __slots__ = ("_client", "_text", "_sha", "_where")
 
-    def __init__(self, client: redis.asyncio.Redis, text: str) -> None:
+    def __init__(self, client: redis.asyncio.Redis, text: str, where: str) -> None:
         self._client = client
         self._text = text
         self._sha = hashlib.sha1(text.encode()).hexdigest()
+        self._where = where
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        with connection_errors(self._where):
+            return await self._run(keys, args)
+
+    async def _run(self, keys: list[str], args: list[Any]) -> Any:
         try:
             return await self._client.execute_command(  # type: ignore[no-untyped-call]
                 "EVALSHA", self._sha, len(keys), *keys, *args
@@ -210,15 +233,15 @@ class RedisTransport:
         self._pubsub: PubSub | None = None
         self._listening: asyncio.Task[None] | None = None
         self._lost = False
-        self.scripts_publish = Script(client, scripts.PUBLISH_JOB)
-        self.scripts_fetch = Script(client, scripts.FETCH)
-        self.scripts_ack = Script(client, scripts.ACK)
-        self.scripts_finish = Script(client, scripts.FINISH)
-        self.scripts_extend = Script(client, scripts.EXTEND)
-        self.scripts_nak = Script(client, scripts.NAK)
-        self._create_outcome = Script(client, scripts.CREATE_OUTCOME)
-        self._dead_letter = Script(client, scripts.DEAD_LETTER)
-        self._requeue = Script(client, scripts.REQUEUE)
+        self.scripts_publish = Script(client, scripts.PUBLISH_JOB, where)
+        self.scripts_fetch = Script(client, scripts.FETCH, where)
+        self.scripts_ack = Script(client, scripts.ACK, where)
+        self.scripts_finish = Script(client, scripts.FINISH, where)
+        self.scripts_extend = Script(client, scripts.EXTEND, where)
+        self.scripts_nak = Script(client, scripts.NAK, where)
+        self._create_outcome = Script(client, scripts.CREATE_OUTCOME, where)
+        self._dead_letter = Script(client, scripts.DEAD_LETTER, where)
+        self._requeue = Script(client, scripts.REQUEUE, where)
 
     # -- set up --------------------------------------------------------
 
@@ -226,7 +249,8 @@ class RedisTransport:
         """Create the lanes' consumer group where missing; listen for this process's records."""
         for lane in self.lanes + self.key_lanes:
             try:
-                await self._redis.xgroup_create(lane, GROUP, id="0", mkstream=True)
+                with connection_errors(self._where):
+                    await self._redis.xgroup_create(lane, GROUP, id="0", mkstream=True)
             except redis.exceptions.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -454,7 +478,8 @@ class RedisTransport:
         )
 
     async def read_outcome(self, job_id: str) -> bytes | None:
-        record: bytes | None = await self._redis.get(self._record_key(job_id))
+        with connection_errors(self._where):
+            record: bytes | None = await self._redis.get(self._record_key(job_id))
         return record
 
     async def watch_outcome(self, job_id: str, deliver: Callable[[str, bytes], None]) -> None:
@@ -465,9 +490,10 @@ class RedisTransport:
 
     async def request_cancel(self, job_id: str) -> None:
         oldest = int((time.time() - self._broker.result_ttl) * 1000)
-        await self._redis.xadd(
-            self.cancels_key, {"i": job_id}, minid=max(oldest, 0), approximate=True
-        )
+        with connection_errors(self._where):
+            await self._redis.xadd(
+                self.cancels_key, {"i": job_id}, minid=max(oldest, 0), approximate=True
+            )
 
     async def watch_cancels(
         self, cancelled: Callable[[str], None], caught_up: Callable[[], None]
@@ -514,7 +540,8 @@ class RedisTransport:
         letters: list[DeadLetter] = []
         start = "-"
         while True:
-            entries = await self._redis.xrange(self.dead_key, min=start, count=500)
+            with connection_errors(self._where):
+                entries = await self._redis.xrange(self.dead_key, min=start, count=500)
             for entry_id, entry in entries:
                 raw = json.loads(entry.get(b"letter") or b"{}")
                 letters.append(letter_from(raw, entry_id.decode()))
@@ -537,8 +564,9 @@ class RedisTransport:
 
     async def destroy(self) -> None:
         """Delete every key of this broker."""
-        async for key in self._redis.scan_iter(match=f"{self.prefix}:*", count=500):
-            await self._redis.unlink(key)
+        with connection_errors(self._where):
+            async for key in self._redis.scan_iter(match=f"{self.prefix}:*", count=500):
+                await self._redis.unlink(key)
 
 
 def letter_from(raw: dict[str, Any], entry_id: str) -> DeadLetter:
