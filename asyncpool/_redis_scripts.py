@@ -66,7 +66,11 @@ PUBLISH_JOB: Final = """
 -- KEYS: lane, marker.  ARGV: payload, codec, job id, bell channel, marker ttl (s)
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5]) then return 0 end
 redis.call('XADD', KEYS[1], '*', 'd', ARGV[1], 'c', ARGV[2], 'i', ARGV[3])
-redis.call('PUBLISH', ARGV[4], '1')
+-- The bell rings when the lane had nothing waiting: every idle worker
+-- looks then, and a look after this one finds this job too. While jobs
+-- wait, the workers are busy and fetch as soon as they have room.
+local waiting = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], 'workers')[1]
+if waiting <= 1 then redis.call('PUBLISH', ARGV[4], '1') end
 return 1
 """
 
