@@ -18,6 +18,9 @@ atomic step on the server:
   published to the submitting process in the same step; `FINISH` does that
   and the ack in one call (a job's usual end: one round trip, not two).
 * `DEAD_LETTER`, `REQUEUE`: a dead letter is written once per job message.
+* `PRUNE`: consumers that hold nothing and have not read for a long time
+  (workers that were killed, after their entries were reclaimed) leave the
+  group.
 
 Entries carry the fields `d` (the payload), `c` (its codec), `i` (the job
 id) and `p` (deliveries before this entry: a retry is a new entry, and its
@@ -37,6 +40,7 @@ __all__ = (
     "FETCH",
     "FINISH",
     "NAK",
+    "PRUNE",
     "PUBLISH_JOB",
     "REQUEUE",
 )
@@ -286,4 +290,21 @@ redis.call('XADD', KEYS[1], '*', 'd', ARGV[2], 'c', ARGV[3], 'i', ARGV[4])
 redis.call('XDEL', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[5], '1')
 return 1
+"""
+
+PRUNE: Final = """
+-- KEYS: the lanes.  ARGV: group, idle (ms) after which a consumer holding
+-- nothing is removed.  Returns how many were removed.
+local removed = 0
+for _, lane in ipairs(KEYS) do
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', lane, ARGV[1])) do
+    local f = {}
+    for j = 1, #c, 2 do f[c[j]] = c[j + 1] end
+    if tonumber(f['pending']) == 0 and tonumber(f['idle']) > tonumber(ARGV[2]) then
+      redis.call('XGROUP', 'DELCONSUMER', lane, ARGV[1], f['name'])
+      removed = removed + 1
+    end
+  end
+end
+return removed
 """

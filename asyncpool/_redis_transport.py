@@ -55,8 +55,14 @@ __all__ = ("RedisDelivery", "RedisTransport")
 _log = logging.getLogger("asyncpool")
 
 GROUP: Final = "workers"
-DEDUP_WINDOW: Final = 120
-"""How long a submitted job id is remembered, so that a retried publish adds nothing (s)."""
+DEDUP_WINDOW: Final = 30
+"""How long a submitted job id is remembered, so that a retried publish adds nothing (s).
+
+A publish is sent again only by the client's retries after a lost
+connection (about 10 s in all); each id costs a small key this long.
+"""
+PRUNE_EVERY: Final = 60.0
+"""How often a serving worker removes the group's long-idle, empty consumers (s)."""
 _LANES: Final = ("high", "normal", "low")
 _CANCEL_BATCH: Final = 1000
 _WATCH_BLOCK_MS: Final = 1000
@@ -242,6 +248,8 @@ class RedisTransport:
         self._create_outcome = Script(client, scripts.CREATE_OUTCOME, where)
         self._dead_letter = Script(client, scripts.DEAD_LETTER, where)
         self._requeue = Script(client, scripts.REQUEUE, where)
+        self._prune = Script(client, scripts.PRUNE, where)
+        self._last_prune = time.monotonic()
 
     # -- set up --------------------------------------------------------
 
@@ -394,6 +402,9 @@ class RedisTransport:
         reclaim = now - self._last_reclaim >= self.recheck_interval
         if reclaim:
             self._last_reclaim = now
+            if now - self._last_prune >= PRUNE_EVERY:
+                self._last_prune = now
+                await self.prune()
         try:
             flat = await self.scripts_fetch(
                 self._fetch_keys,
@@ -428,6 +439,20 @@ class RedisTransport:
                 )
             )
         return got
+
+    async def prune(self, older_than: float | None = None) -> int:
+        """Remove consumers that hold nothing and have not read for `older_than` seconds.
+
+        By default 10 leases, at least 60 s: a live worker reads at least
+        every `recheck_interval`, so only gone ones are that quiet.
+        """
+        if older_than is None:
+            older_than = max(60.0, 10 * self._broker.ack_wait)
+        idle_ms = round(older_than * 1000)
+        with contextlib.suppress(*LOST):
+            removed: int = await self._prune(self.lanes + self.key_lanes, [GROUP, idle_ms])
+            return removed
+        return 0
 
     async def hand_back_strays(self) -> None:
         """Nothing arrives unasked: a fetch returns exactly what it took."""

@@ -339,3 +339,25 @@ async def test_eviction_policy_that_can_drop_jobs_is_warned_about(
     async with RedisBroker(server.url, name=broker_name):
         pass
     assert "maxmemory-policy allkeys-lru" in caplog.text
+
+
+async def test_consumers_of_gone_workers_that_hold_nothing_are_pruned(
+    redis_url: str, broker_name: str, raw: redis.asyncio.Redis
+) -> None:
+    """A killed worker's consumer leaves the group once it holds nothing; a holder stays."""
+    broker = RedisBroker(redis_url, name=broker_name)
+    job = broker.task(name="job")(_add)
+    async with broker:
+        for i in range(2):
+            await broker.submit(job, i, 0, result=False)
+        lane = keys_of(broker_name)
+        for consumer in ("gone-empty", "gone-holding"):
+            got = await raw.xreadgroup(GROUP, consumer, {lane: ">"}, count=1)
+            if consumer == "gone-empty":
+                await raw.xack(lane, GROUP, got[0][1][0][0])
+        # Quiet for longer than the limit below (a consumer's idle time only grows).
+        await asyncio.sleep(1.2)
+        assert await broker.transport.fetch(1) == []  # the live worker reads: not idle
+        assert await broker.transport.prune(older_than=1.0) == 1
+        names = {c["name"].decode() for c in await raw.xinfo_consumers(lane, GROUP)}
+        assert names == {"gone-holding", broker.transport.consumer}
