@@ -67,9 +67,11 @@ end
 """
 
 PUBLISH_JOB: Final = """
--- KEYS: lane, marker.  ARGV: payload, codec, job id, bell channel, marker ttl (s)
+-- KEYS: lane, marker, the set of key lanes with jobs.
+-- ARGV: payload, codec, job id, bell channel, marker ttl (s), keyed (0/1)
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5]) then return 0 end
 redis.call('XADD', KEYS[1], '*', 'd', ARGV[1], 'c', ARGV[2], 'i', ARGV[3])
+if ARGV[6] == '1' then redis.call('SADD', KEYS[3], KEYS[1]) end
 -- The bell rings when the lane had nothing waiting: every idle worker
 -- looks then, and a look after this one finds this job too. While jobs
 -- wait, the workers are busy and fetch as soon as they have room.
@@ -81,18 +83,19 @@ return 1
 FETCH: Final = (
     _FIELDS
     + """
--- KEYS: delayed, parked, then the lanes in the order they are read:
---       high, key lanes..., normal, low.
+-- KEYS: delayed, parked, the set of key lanes with jobs, then the lanes
+--       in the order they are read: high, key lanes..., normal, low.
 -- ARGV: group, consumer, most, lease (ms), reclaim (0/1), bell channel,
---       key lane count.
+--       where to start in the key lanes with jobs (turn by turn, so that
+--       none waits for ever behind others when room is short).
 -- Returns {lane index (into the lanes, from 1), entry id, delivery count,
 --          payload, codec, job id, prior deliveries} per job, flattened.
 local group, me, most = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local lease, reclaim, bell = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
-local nkeyed = tonumber(ARGV[7])
-local delayed, parked = KEYS[1], KEYS[2]
+local turn = tonumber(ARGV[7])
+local delayed, parked, busy = KEYS[1], KEYS[2], KEYS[3]
 local lanes = {}
-for j = 3, #KEYS do lanes[#lanes + 1] = KEYS[j] end
+for j = 4, #KEYS do lanes[#lanes + 1] = KEYS[j] end
 local index = {}
 for j, lane in ipairs(lanes) do index[lane] = j end
 local now = now_ms()
@@ -151,7 +154,10 @@ end
 -- holder that goes quiet for longer than the lease loses it, and a job
 -- handed back with a delay keeps its place (and the lock) until it is due.
 local function keyed(lane)
-  if redis.call('XLEN', lane) == 0 then return end
+  if redis.call('XLEN', lane) == 0 then
+    redis.call('SREM', busy, lane)
+    return
+  end
   local p = redis.call('XPENDING', lane, group, '-', '+', 1)
   if #p == 0 then
     read(lane, 1)
@@ -173,9 +179,14 @@ local function keyed(lane)
 end
 
 if taken < most then read(high, most - taken) end
-for j = 1, nkeyed do
-  if taken >= most then break end
-  keyed(lanes[1 + j])
+if taken < most then
+  local members = redis.call('SMEMBERS', busy)
+  local n = #members
+  for j = 0, n - 1 do
+    if taken >= most then break end
+    local lane = members[(turn + j) % n + 1]
+    if index[lane] then keyed(lane) end
+  end
 end
 if taken < most then read(normal, most - taken) end
 if taken < most then read(low, most - taken) end
@@ -283,10 +294,11 @@ return 1
 """
 
 REQUEUE: Final = """
--- KEYS: lane, dead stream, record.
--- ARGV: dead letter's entry id, payload, codec, job id, bell channel
+-- KEYS: lane, dead stream, record, the set of key lanes with jobs.
+-- ARGV: dead letter's entry id, payload, codec, job id, bell channel, keyed (0/1)
 redis.call('DEL', KEYS[3])
 redis.call('XADD', KEYS[1], '*', 'd', ARGV[2], 'c', ARGV[3], 'i', ARGV[4])
+if ARGV[6] == '1' then redis.call('SADD', KEYS[4], KEYS[1]) end
 redis.call('XDEL', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[5], '1')
 return 1

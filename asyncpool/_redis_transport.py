@@ -218,9 +218,18 @@ class RedisTransport:
         self.lanes = [f"{p}:lane:{lane}" for lane in _LANES]
         self.key_lanes = [f"{p}:key:{i}" for i in range(broker.key_partitions)]
         high, normal, low = self.lanes
-        self._fetch_keys = [f"{p}:delayed", f"{p}:parked", high, *self.key_lanes, normal, low]
-        self._keyed_count = str(len(self.key_lanes))
-        self._lane_by_index = self._fetch_keys[2:]
+        self.busy_key = f"{p}:keyed"
+        self._fetch_keys = [
+            f"{p}:delayed",
+            f"{p}:parked",
+            self.busy_key,
+            high,
+            *self.key_lanes,
+            normal,
+            low,
+        ]
+        self._turn = 0
+        self._lane_by_index = self._fetch_keys[3:]
         self._keyed_lanes = frozenset(self.key_lanes)
         self.delayed_key = f"{p}:delayed"
         self.parked_key = f"{p}:parked"
@@ -384,11 +393,19 @@ class RedisTransport:
 
     async def publish(self, envelope: Envelope, data: bytes, codec_name: str) -> None:
         await self.scripts_publish(
-            keys=[
+            [
                 self.lane_for(envelope.priority, envelope.key),
                 f"{self.prefix}:seen:{envelope.id}",
+                self.busy_key,
             ],
-            args=[data, codec_name, envelope.id, self.bell_channel, DEDUP_WINDOW],
+            [
+                data,
+                codec_name,
+                envelope.id,
+                self.bell_channel,
+                DEDUP_WINDOW,
+                int(envelope.key is not None),
+            ],
         )
 
     async def fetch(self, most: int) -> list[Delivery]:
@@ -399,6 +416,7 @@ class RedisTransport:
         # must still wake the wait that follows.
         self._bell.clear()
         now = time.monotonic()
+        self._turn += 1
         reclaim = now - self._last_reclaim >= self.recheck_interval
         if reclaim:
             self._last_reclaim = now
@@ -415,7 +433,7 @@ class RedisTransport:
                     self._lease_ms,
                     "1" if reclaim else "0",
                     self.bell_channel,
-                    self._keyed_count,
+                    self._turn,
                 ],
             )
         except LOST:
@@ -577,13 +595,14 @@ class RedisTransport:
     async def requeue(self, letter: DeadLetter) -> None:
         lane = letter.subject if letter.subject.startswith(f"{self.prefix}:") else self.lanes[1]
         await self._requeue(
-            [lane, self.dead_key, self._record_key(letter.id)],
+            [lane, self.dead_key, self._record_key(letter.id), self.busy_key],
             [
                 str(letter.seq),
                 letter.payload,
                 letter.codec or "",
                 letter.id,
                 self.bell_channel,
+                int(lane in self._keyed_lanes),
             ],
         )
 
