@@ -31,11 +31,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import redis.asyncio
@@ -45,6 +44,7 @@ from redis.asyncio.client import PubSub
 from . import _redis_scripts as scripts
 from ._deadletters import DeadLetter
 from ._envelope import Envelope, partition_of
+from ._redis_calls import Pipeliner, Script, connection_errors
 from ._transport import Delivery
 
 if TYPE_CHECKING:
@@ -70,50 +70,6 @@ _BACKOFF_MAX: Final = 1.0
 
 LOST: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 """What a lost or unreachable server raises."""
-
-
-_DROPPED: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-
-
-@contextlib.contextmanager
-def connection_errors(where: str) -> Iterator[None]:
-    """Raise a lost or unreachable server as the built-in `ConnectionError` (an `OSError`).
-
-    redis-py's own errors are not `OSError`s; the worker command, like every
-    caller of a broker, treats an `OSError` as the server's doing.
-    """
-    try:
-        yield
-    except _DROPPED as exc:
-        raise ConnectionError(
-            f"lost the connection to Redis at {where}: {str(exc) or type(exc).__name__}"
-        ) from exc
-
-
-class Script:
-    """A Lua script run by its SHA1 (sent whole once, and again after a server restart)."""
-
-    __slots__ = ("_client", "_text", "_sha", "_where")
-
-    def __init__(self, client: redis.asyncio.Redis, text: str, where: str) -> None:
-        self._client = client
-        self._text = text
-        self._sha = hashlib.sha1(text.encode()).hexdigest()
-        self._where = where
-
-    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        with connection_errors(self._where):
-            return await self._run(keys, args)
-
-    async def _run(self, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await self._client.execute_command(  # type: ignore[no-untyped-call]
-                "EVALSHA", self._sha, len(keys), *keys, *args
-            )
-        except redis.exceptions.NoScriptError:
-            return await self._client.execute_command(  # type: ignore[no-untyped-call]
-                "EVAL", self._text, len(keys), *keys, *args
-            )
 
 
 class RedisDelivery:
@@ -248,16 +204,17 @@ class RedisTransport:
         self._pubsub: PubSub | None = None
         self._listening: asyncio.Task[None] | None = None
         self._lost = False
-        self.scripts_publish = Script(client, scripts.PUBLISH_JOB, where)
-        self.scripts_fetch = Script(client, scripts.FETCH, where)
-        self.scripts_ack = Script(client, scripts.ACK, where)
-        self.scripts_finish = Script(client, scripts.FINISH, where)
-        self.scripts_extend = Script(client, scripts.EXTEND, where)
-        self.scripts_nak = Script(client, scripts.NAK, where)
-        self._create_outcome = Script(client, scripts.CREATE_OUTCOME, where)
-        self._dead_letter = Script(client, scripts.DEAD_LETTER, where)
-        self._requeue = Script(client, scripts.REQUEUE, where)
-        self._prune = Script(client, scripts.PRUNE, where)
+        pipeliner = Pipeliner(client, where)
+        self.scripts_publish = Script(pipeliner, scripts.PUBLISH_JOB)
+        self.scripts_fetch = Script(pipeliner, scripts.FETCH)
+        self.scripts_ack = Script(pipeliner, scripts.ACK)
+        self.scripts_finish = Script(pipeliner, scripts.FINISH)
+        self.scripts_extend = Script(pipeliner, scripts.EXTEND)
+        self.scripts_nak = Script(pipeliner, scripts.NAK)
+        self._create_outcome = Script(pipeliner, scripts.CREATE_OUTCOME)
+        self._dead_letter = Script(pipeliner, scripts.DEAD_LETTER)
+        self._requeue = Script(pipeliner, scripts.REQUEUE)
+        self._prune = Script(pipeliner, scripts.PRUNE)
         self._last_prune = time.monotonic()
 
     # -- set up --------------------------------------------------------

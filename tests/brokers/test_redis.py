@@ -365,3 +365,49 @@ async def test_consumers_of_gone_workers_that_hold_nothing_are_pruned(
         assert await broker.transport.prune(older_than=1.0) == 1
         names = {c["name"].decode() for c in await raw.xinfo_consumers(lane, GROUP)}
     assert names == {"gone-holding", "recent-empty"}
+
+
+async def test_scripts_called_together_go_as_one_pipeline_and_fail_alone(
+    redis_url: str, broker_name: str, raw: redis.asyncio.Redis
+) -> None:
+    """Calls made in one turn of the loop share a connection and a round trip; errors stay apart."""
+    broker = RedisBroker(redis_url, name=broker_name, connect_options={"client_name": broker_name})
+    job = broker.task(name="job")(_add)
+    async with broker:
+        results = await asyncio.gather(
+            *(broker.submit(job, i, 0, result=False) for i in range(50)),
+            # A lane without the consumer group: this script fails on the server.
+            broker.transport.scripts_publish(
+                [keys_of(broker_name, "lane:nowhere"), keys_of(broker_name, "seen:x"), "k"],
+                [b"{}", "json", "x", "bell", 30, 0],
+            ),
+            return_exceptions=True,
+        )
+        assert all(not isinstance(r, BaseException) for r in results[:50])
+        assert isinstance(results[50], redis.exceptions.ResponseError)
+        assert await raw.xlen(keys_of(broker_name)) == 50
+        # One connection for the 51 calls (one call each would have opened
+        # ~51), besides the listener's and the one that opened the broker.
+        clients = [c for c in await raw.client_list() if c["name"] == broker_name]
+        assert len(clients) <= 3, clients
+
+
+async def test_scripts_still_run_after_the_server_forgot_them(
+    private_redis: PrivateRedis, broker_name: str
+) -> None:
+    """A restarted server knows no scripts: each is sent whole again, once."""
+    server = private_redis()
+    broker = RedisBroker(server.url, name=broker_name)
+    job = broker.task(name="job")(_add)
+    async with broker:
+        stop, task = await serving(broker)
+        assert await (await broker.submit(job, 1, 2)) == 3
+        raw = redis.asyncio.Redis.from_url(server.url)
+        try:
+            await raw.script_flush()
+        finally:
+            await raw.aclose()
+        handles = await asyncio.gather(*(broker.submit(job, i, 1) for i in range(20)))
+        assert sorted(await asyncio.gather(*handles)) == list(range(1, 21))
+        stop.set()
+        await task
