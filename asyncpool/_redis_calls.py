@@ -6,7 +6,9 @@
 * `Pipeliner`: the scripts called in one turn of the event loop (a burst of
   submits, the ends of jobs that finish together) are written to Redis as
   one pipeline: one write and one read for all of them instead of one each.
-  Each caller still awaits its own reply, and gets its own error.
+  Each caller still awaits its own reply, and gets its own error. A script
+  that finds a lane without its consumer group (a Redis that restarted
+  with nothing kept) has the groups made again, and runs once more.
 * `connection_errors`: redis-py's errors for a lost or unreachable server,
   raised as the built-in `ConnectionError`.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final
 
 import redis.asyncio
@@ -49,11 +51,17 @@ def lost(where: str, exc: BaseException) -> ConnectionError:
 class Pipeliner:
     """Sends the scripts called in one turn of the event loop as one pipeline."""
 
-    __slots__ = ("_client", "_where", "_queue", "_flushing")
+    __slots__ = ("_client", "_where", "_queue", "_flushing", "_regroup")
 
-    def __init__(self, client: redis.asyncio.Redis, where: str) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        where: str,
+        regroup: Callable[[], Awaitable[None]],
+    ) -> None:
         self._client = client
         self._where = where
+        self._regroup = regroup
         self._queue: list[tuple[Script, list[Any], asyncio.Future[Any]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
 
@@ -75,7 +83,10 @@ class Pipeliner:
         try:
             if len(batch) == 1:
                 script, words, future = batch[0]
-                replies: list[Any] = [await _run_one(self._client, script, words)]
+                try:
+                    replies: list[Any] = [await _run_one(self._client, script, words)]
+                except redis.exceptions.ResponseError as exc:
+                    replies = [exc]
             else:
                 pipe = self._client.pipeline(transaction=False)
                 for script, words, _ in batch:
@@ -89,9 +100,18 @@ class Pipeliner:
             if not isinstance(exc, Exception):
                 raise
             return
+        regrouped = False
         for (script, words, future), reply in zip(batch, replies, strict=True):
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                # The server forgot its scripts (it restarted): this one goes whole.
+            again = isinstance(reply, redis.exceptions.NoScriptError)
+            if isinstance(reply, redis.exceptions.ResponseError) and "NOGROUP" in str(reply):
+                if not regrouped:
+                    regrouped = True
+                    with contextlib.suppress(Exception):
+                        await self._regroup()
+                again = True
+            if again:
+                # The server forgot its scripts or its groups (it restarted):
+                # this one goes again, whole.
                 try:
                     reply = await _run_one(self._client, script, words)
                 except Exception as exc:

@@ -204,7 +204,7 @@ class RedisTransport:
         self._pubsub: PubSub | None = None
         self._listening: asyncio.Task[None] | None = None
         self._lost = False
-        pipeliner = Pipeliner(client, where)
+        pipeliner = Pipeliner(client, where, self._groups_lost)
         self.scripts_publish = Script(pipeliner, scripts.PUBLISH_JOB)
         self.scripts_fetch = Script(pipeliner, scripts.FETCH)
         self.scripts_ack = Script(pipeliner, scripts.ACK)
@@ -221,6 +221,21 @@ class RedisTransport:
 
     async def open(self) -> None:
         """Create the lanes' consumer group where missing; listen for this process's records."""
+        await self._make_groups()
+        await self._listen_to(f"{self._done_prefix}{self.consumer}")
+
+    async def _groups_lost(self) -> None:
+        """A lane has no consumer group: the server lost what it kept. Say so; make them again."""
+        _log.warning(
+            "asyncpool: broker %r: the Redis at %s has lost the broker's consumer groups "
+            "(it restarted without persistence, or its keys were deleted): the jobs it "
+            "held are gone; making the groups again",
+            self._broker.name,
+            self._where,
+        )
+        await self._make_groups()
+
+    async def _make_groups(self) -> None:
         for lane in self.lanes + self.key_lanes:
             try:
                 with connection_errors(self._where):
@@ -228,7 +243,6 @@ class RedisTransport:
             except redis.exceptions.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-        await self._listen_to(f"{self._done_prefix}{self.consumer}")
 
     async def close(self) -> None:
         listening, self._listening = self._listening, None

@@ -411,3 +411,22 @@ async def test_scripts_still_run_after_the_server_forgot_them(
         assert sorted(await asyncio.gather(*handles)) == list(range(1, 21))
         stop.set()
         await task
+
+
+async def test_lanes_that_lost_their_groups_are_set_up_again_and_serving_goes_on(
+    redis_url: str, broker_name: str, raw: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that forgot everything (restarted with nothing kept): a warning, not a crash."""
+    broker = RedisBroker(redis_url, name=broker_name)
+    job = broker.task(name="job")(_add)
+    caplog.set_level(logging.WARNING, logger="asyncpool")
+    async with broker:
+        stop, task = await serving(broker)
+        assert await (await broker.submit(job, 1, 2)) == 3
+        await raw.delete(*broker.transport.lanes, *broker.transport.key_lanes)
+        assert await (await broker.submit(job, 2, 2)) == 4
+        assert await (await broker.submit(job, 3, 2, key="k")) == 5
+        stop.set()
+        report = await task
+    assert report.succeeded == 3
+    assert "has lost the broker's consumer groups" in caplog.text
