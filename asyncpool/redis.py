@@ -253,14 +253,36 @@ class RedisBroker(Broker):
                 )
 
     async def _shut(self) -> None:
+        """Stop listening, leave the group if holding nothing, close the connections.
+
+        Raises:
+            ConnectionError: the server did not answer as the broker closed:
+                what failed to reach it since it was lost (acks, results, jobs
+                handed back) was reported to its callers, and the jobs this
+                process held are redelivered once their lease runs out.
+        """
         transport, clients = self._transport, self._clients
         self._transport = self._clients = None
         if transport is not None:
             await transport.close()
-        if clients is not None:
-            for client in clients:
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+        if clients is None:
+            return
+        listener = clients[1]
+        answered = True
+        try:
+            async with asyncio.timeout(1.0):
+                await listener.ping()
+        except (*LOST, redis.exceptions.RedisError):
+            answered = False
+        for each in clients:
+            with contextlib.suppress(Exception):
+                await each.aclose()
+        if not answered:
+            raise ConnectionError(
+                f"broker {self.name!r} closed while its Redis server ({_redacted(self.url)}) "
+                "did not answer: what it sent since the connection was lost (acks, results, "
+                "jobs handed back) may not have reached the server"
+            )
 
     def lane_for(self, *, priority: int = 0, key: str | int | None = None) -> str:
         """The stream (key) jobs of this priority and key are added to."""

@@ -430,3 +430,15 @@ async def test_lanes_that_lost_their_groups_are_set_up_again_and_serving_goes_on
         report = await task
     assert report.succeeded == 3
     assert "has lost the broker's consumer groups" in caplog.text
+
+
+async def test_close_with_the_server_gone_raises_connection_error(
+    private_redis: PrivateRedis, broker_name: str
+) -> None:
+    """As for JetStream: a broker that closes with its server gone says so."""
+    server = private_redis()
+    broker = RedisBroker(server.url, name=broker_name)
+    with pytest.raises(ConnectionError, match="did not answer"):
+        async with broker:
+            server.kill()
+    assert "closed" in repr(broker)
