@@ -185,6 +185,7 @@ class RedisTransport:
             low,
         ]
         self._turn = 0
+        self._strays: list[asyncio.Future[Any]] = []
         self._lane_by_index = self._fetch_keys[3:]
         self._keyed_lanes = frozenset(self.key_lanes)
         self.delayed_key = f"{p}:delayed"
@@ -394,22 +395,31 @@ class RedisTransport:
             if now - self._last_prune >= PRUNE_EVERY:
                 self._last_prune = now
                 await self.prune()
+        reply = self.scripts_fetch(
+            self._fetch_keys,
+            [
+                GROUP,
+                self.consumer,
+                most,
+                self._lease_ms,
+                "1" if reclaim else "0",
+                self.bell_channel,
+                self._turn,
+            ],
+        )
         try:
-            flat = await self.scripts_fetch(
-                self._fetch_keys,
-                [
-                    GROUP,
-                    self.consumer,
-                    most,
-                    self._lease_ms,
-                    "1" if reclaim else "0",
-                    self.bell_channel,
-                    self._turn,
-                ],
-            )
+            flat = await asyncio.shield(reply)
+        except asyncio.CancelledError:
+            # Stopped while the script ran: what it took is handed back by
+            # hand_back_strays(), not left to wait out its lease.
+            self._strays.append(reply)
+            raise
         except LOST:
             # The listener says so in one line; serving resumes when it is back.
             return []
+        return self._deliveries(flat)
+
+    def _deliveries(self, flat: list[Any]) -> list[Delivery]:
         got: list[Delivery] = []
         lanes = self._lane_by_index
         keyed = self._keyed_lanes
@@ -444,7 +454,16 @@ class RedisTransport:
         return 0
 
     async def hand_back_strays(self) -> None:
-        """Nothing arrives unasked: a fetch returns exactly what it took."""
+        """Hand back what fetches that were stopped midway took."""
+        strays, self._strays = self._strays, []
+        for reply in strays:
+            try:
+                flat = await reply
+            except Exception:
+                continue  # it took nothing, or the server is gone (then: the lease)
+            for delivery in self._deliveries(flat):
+                with contextlib.suppress(Exception):
+                    await delivery.nak(0)
 
     def ring(self, delay: float = 0.0) -> None:
         """Look at the lanes again (now, or after `delay` seconds)."""

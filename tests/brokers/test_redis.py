@@ -442,3 +442,28 @@ async def test_close_with_the_server_gone_raises_connection_error(
         async with broker:
             server.kill()
     assert "closed" in repr(broker)
+
+
+async def test_fetch_stopped_midway_hands_back_what_it_took(
+    redis_url: str, broker_name: str, raw: redis.asyncio.Redis
+) -> None:
+    """A fetch cancelled while its script runs: what it took goes back now, not after a lease."""
+    broker = RedisBroker(redis_url, name=broker_name)
+    job = broker.task(name="job")(_add)
+    async with broker:
+        for i in range(3):
+            await broker.submit(job, i, 0, result=False)
+        transport = broker.transport
+        await transport.fetch(0)  # subscribed to the bell: the next fetch goes straight out
+        fetching = asyncio.create_task(transport.fetch(3))
+        await asyncio.sleep(0)  # the script is on its way
+        fetching.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fetching
+        await transport.hand_back_strays()
+        lane = keys_of(broker_name)
+        assert (await raw.xpending(lane, GROUP))["pending"] == 0
+        again = await transport.fetch(3)
+        assert sorted(d.attempt for d in again) == [2, 2, 2]
+        for delivery in again:
+            await delivery.ack()
