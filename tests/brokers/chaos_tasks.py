@@ -4,7 +4,9 @@ A worker process runs `python -m asyncpool worker tests.brokers.chaos_tasks:brok
 the CLI takes a broker *instance* attribute, so `broker` is built at import
 time from the environment (tests/brokers/_servers.py names the variables):
 
-* ASYNCPOOL_TEST_NATS_URL: the server (default nats://127.0.0.1:4222);
+* ASYNCPOOL_TEST_ENGINE: which broker, "jetstream" (the default) or "redis";
+* ASYNCPOOL_TEST_NATS_URL: JetStream's server (default nats://127.0.0.1:4222);
+* ASYNCPOOL_TEST_REDIS_URL: Redis's server (default redis://127.0.0.1:6379/0);
 * ASYNCPOOL_TEST_BROKER_NAME: the broker name, fresh per test;
 * ASYNCPOOL_TEST_ACK_WAIT: the lease in seconds;
 * ASYNCPOOL_TEST_RECORDS: the record file.
@@ -17,9 +19,9 @@ processes never interleave, and the line is in the kernel (it survives a
 SIGKILL of the writer) before the job returns. It is the tests' witness of
 what ran where, apart from the broker under test.
 
-The test process builds its own broker with `ChaosApp(...)` (same name and
-server), which registers the same tasks and, with `client=True`, one more
-(`chaos.unknown`) that the workers never register.
+The test process builds its own broker with `ChaosApp(...)` (same engine,
+name and server), which registers the same tasks and, with `client=True`,
+one more (`chaos.unknown`) that the workers never register.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import time
 
 from asyncpool import Retry
 from asyncpool.brokers import current_job
-from asyncpool.jetstream import JetStreamBroker
+
+from ._engines import build_broker
 
 MAX_ATTEMPTS = 5
 """The deliveries a chaos job may have (its task's Retry(attempts=...))."""
@@ -97,13 +100,21 @@ async def unknown() -> None:
 
 
 class ChaosApp:
-    """A JetStreamBroker on `url` named `name`, with the chaos tasks registered on it.
+    """A broker of `engine` ("jetstream" or "redis") on `url` named `name`, with the chaos tasks.
 
     `client=True` also registers `chaos.unknown`, which no worker knows.
     """
 
-    def __init__(self, url: str, name: str, ack_wait: float, *, client: bool = False) -> None:
-        self.broker = JetStreamBroker(url, name=name, ack_wait=ack_wait)
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        ack_wait: float,
+        *,
+        client: bool = False,
+        engine: str = "jetstream",
+    ) -> None:
+        self.broker = build_broker(engine, url, name, ack_wait=ack_wait)
         retry = Retry(attempts=MAX_ATTEMPTS, backoff=0.05)
         self.work = self.broker.task(name="chaos.work", retry=retry)(work)
         self.hold = self.broker.task(name="chaos.hold", retry=retry)(hold)
@@ -112,10 +123,16 @@ class ChaosApp:
 
 
 def _from_environment() -> ChaosApp:
+    engine = os.environ.get("ASYNCPOOL_TEST_ENGINE", "jetstream")
+    if engine == "redis":
+        url = os.environ.get("ASYNCPOOL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    else:
+        url = os.environ.get("ASYNCPOOL_TEST_NATS_URL", "nats://127.0.0.1:4222")
     return ChaosApp(
-        os.environ.get("ASYNCPOOL_TEST_NATS_URL", "nats://127.0.0.1:4222"),
+        url,
         os.environ.get("ASYNCPOOL_TEST_BROKER_NAME", "asyncpool_chaos"),
         float(os.environ.get("ASYNCPOOL_TEST_ACK_WAIT", "30")),
+        engine=engine,
     )
 
 

@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio
 
 from asyncpool import Dispatcher, Retry
+from asyncpool._redis_transport import RedisDelivery
 from asyncpool.brokers import Outcome, current_job
 from asyncpool.redis import RedisBroker
 
@@ -153,11 +154,12 @@ async def test_lease_is_kept_by_reclaiming_own_entry_and_a_lost_one_is_not_taken
     async with owner, other:
         await owner.submit(job, 1, 2, result=False)
         (delivery,) = await owner.transport.fetch(1)
+        assert isinstance(delivery, RedisDelivery)
         lane = keys_of(broker_name)
         # Old enough to be reclaimed...
         await raw.xclaim(
             lane, GROUP, owner.transport.consumer, 0, [delivery.entry_id], idle=5_000, justid=True
-        )  # type: ignore[attr-defined]
+        )
         # ...but its holder extends the lease first: nobody else may take it.
         await delivery.extend()
         other.transport._last_reclaim = 0.0
@@ -169,7 +171,7 @@ async def test_lease_is_kept_by_reclaiming_own_entry_and_a_lost_one_is_not_taken
         # with the next attempt number.
         await raw.xclaim(
             lane, GROUP, owner.transport.consumer, 0, [delivery.entry_id], idle=5_000, justid=True
-        )  # type: ignore[attr-defined]
+        )
         other.transport._last_reclaim = 0.0
         (taken,) = await other.transport.fetch(1)
         assert taken.attempt == 2
@@ -374,9 +376,10 @@ async def test_scripts_called_together_go_as_one_pipeline_and_fail_alone(
     broker = RedisBroker(redis_url, name=broker_name, connect_options={"client_name": broker_name})
     job = broker.task(name="job")(_add)
     async with broker:
+        await raw.set(keys_of(broker_name, "lane:nowhere"), b"not a stream")
         results = await asyncio.gather(
             *(broker.submit(job, i, 0, result=False) for i in range(50)),
-            # A lane without the consumer group: this script fails on the server.
+            # A lane that is not a stream: this script fails on the server.
             broker.transport.scripts_publish(
                 [keys_of(broker_name, "lane:nowhere"), keys_of(broker_name, "seen:x"), "k"],
                 [b"{}", "json", "x", "bell", 30, 0],

@@ -1,10 +1,12 @@
-"""Chaos: the distributed guarantees of JetStreamBroker under killed workers and a restarted server.
+"""Chaos: the distributed guarantees of every broker engine under killed workers and a restart.
 
-Each test runs real `python -m asyncpool worker tests.brokers.chaos_tasks:broker`
-processes against a real NATS JetStream server (the machine's, or a private
-one for the restart), and judges what happened from two witnesses that do not
-trust each other: the outcomes the submitting process gets from its
-`RemoteHandle`s, and the record file every run appends to (chaos_tasks.py).
+Each test runs once per engine (`machine_engine`: JetStream on the machine's
+NATS, Redis on the machine's Redis; the restart test on a private server of
+its own, a Redis one with its append-only file on) with real `python -m
+asyncpool worker tests.brokers.chaos_tasks:broker` processes, and judges what
+happened from two witnesses that do not trust each other: the outcomes the
+submitting process gets from its `RemoteHandle`s, and the record file every
+run appends to (chaos_tasks.py).
 
 Times: the broker's lease (`ack_wait`) is short (1-2 s) where a test waits
 for redeliveries, and long (30 s) where a test must prove that nothing waited
@@ -27,30 +29,32 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import nats
+import nats.errors
 import pytest
 
 from asyncpool.brokers import RemoteHandle, RemoteJobError
-from asyncpool.jetstream import JetStreamBroker
 
+from ._engines import KINDS, Engine
 from ._servers import (
     ENV_ACK_WAIT,
     ENV_NAME,
     ENV_RECORDS,
-    ENV_URL,
+    REDIS_ERRORS,
     Run,
     RunRecord,
     WorkerFleet,
     WorkerProcess,
     read_records,
     runs_by_id,
-    terminal_records,
     wait_for_records,
 )
 from .chaos_tasks import MAX_ATTEMPTS, ChaosApp
-from .conftest import PrivateNats
+from .conftest import PrivateNats, PrivateRedis
+
+if TYPE_CHECKING:
+    from ._engines import AnyBroker
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_factories=["asyncio"])]
 
@@ -62,9 +66,9 @@ T = TypeVar("T")
 
 @dataclass
 class Rig:
-    """One test's server, broker name, record file and worker processes."""
+    """One test's engine and server, broker name, record file and worker processes."""
 
-    url: str
+    engine: Engine
     name: str
     records: Path
     fleet: WorkerFleet
@@ -72,7 +76,7 @@ class Rig:
 
     def env(self) -> dict[str, str]:
         return {
-            ENV_URL: self.url,
+            **self.engine.worker_env(),
             ENV_NAME: self.name,
             ENV_ACK_WAIT: str(self.ack_wait),
             ENV_RECORDS: str(self.records),
@@ -85,20 +89,22 @@ class Rig:
 
     def client(self) -> ChaosApp:
         """The submitting side: the same broker name and tasks, plus `chaos.unknown`."""
-        return ChaosApp(self.url, self.name, self.ack_wait, client=True)
+        return ChaosApp(
+            self.engine.url, self.name, self.ack_wait, client=True, engine=self.engine.kind
+        )
 
     def read(self) -> list[RunRecord]:
         return read_records(self.records)
 
     async def diagnose(self, job_ids: list[str]) -> str:
-        """For a failure message: the runs of `job_ids`, their KV records, the workers' stderr."""
+        """For a failure message: the runs of `job_ids`, their records, the workers' stderr."""
         runs = runs_by_id(self.read())
         lines = [f"{job_id}: runs {runs.get(job_id, [])}" for job_id in job_ids]
         try:
-            records = await terminal_records(self.url, self.name, job_ids)
-            lines += [f"{job_id}: KV record in {where}" for job_id, where in records.items()]
-        except (OSError, TimeoutError, nats.errors.Error) as exc:
-            lines.append(f"(could not read the KV buckets: {exc!r})")
+            records = await self.engine.terminal_records(self.name, job_ids)
+            lines += [f"{job_id}: record in {where}" for job_id, where in records.items()]
+        except (*REDIS_ERRORS, nats.errors.Error) as exc:
+            lines.append(f"(could not read the records on the server: {exc!r})")
         return "\n".join([*lines, self.fleet.describe()])
 
     async def wait_for(
@@ -202,8 +208,8 @@ PRODUCER_MOST = 2000  # the producer's bound; the rounds end long before
 
 
 @pytest.mark.timeout(180)
-async def test_jetstream_sigkill_mid_job_every_job_reaches_one_outcome(
-    nats_url: str,
+async def test_sigkill_mid_job_every_job_reaches_one_outcome(
+    machine_engine: Engine,
     broker_name: str,
     worker_fleet: WorkerFleet,
     tmp_path: Path,
@@ -211,7 +217,7 @@ async def test_jetstream_sigkill_mid_job_every_job_reaches_one_outcome(
 ) -> None:
     """Workers SIGKILLed mid-job, round on round: one outcome per job, reruns only after a kill."""
     started = time.monotonic()
-    rig = Rig(nats_url, broker_name, tmp_path / "runs.jsonl", worker_fleet, KILL_ACK_WAIT)
+    rig = Rig(machine_engine, broker_name, tmp_path / "runs.jsonl", worker_fleet, KILL_ACK_WAIT)
     rng = random.Random(1729)
     slots = [rig.start_worker(label="a0"), rig.start_worker(label="b0")]
     app = rig.client()
@@ -219,7 +225,7 @@ async def test_jetstream_sigkill_mid_job_every_job_reaches_one_outcome(
     submitted_at: dict[str, float] = {}
     done_producing = asyncio.Event()
 
-    async def produce(broker: JetStreamBroker) -> None:
+    async def produce(broker: AnyBroker) -> None:
         for _ in range(PRODUCER_MOST):
             if done_producing.is_set():
                 return
@@ -301,7 +307,7 @@ async def test_jetstream_sigkill_mid_job_every_job_reaches_one_outcome(
         "ack_wait": KILL_ACK_WAIT,
         "seconds": round(time.monotonic() - started, 1),
     }
-    report(counts, tmp_path / "jetstream-chaos-sigkill.json", capsys)
+    report(counts, tmp_path / f"{machine_engine.kind}-chaos-sigkill.json", capsys)
     assert len(killed) == KILL_ROUNDS
     # The kills hit running jobs (else this test proved nothing).
     assert killed_mid_job >= KILL_ROUNDS // 2, counts
@@ -312,17 +318,25 @@ async def test_jetstream_sigkill_mid_job_every_job_reaches_one_outcome(
 
 
 @pytest.mark.timeout(120)
-async def test_jetstream_server_restart_mid_run_loses_nothing(
-    private_nats: PrivateNats,
+@pytest.mark.parametrize("kind", KINDS)
+async def test_server_restart_mid_run_loses_nothing(
+    kind: str,
     broker_name: str,
     worker_fleet: WorkerFleet,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
-    """A NATS restart (same port and store) mid-run: every job still succeeds; workers carry on."""
+    """A server restart (same port and data) mid-run: every job still succeeds; workers go on."""
     started = time.monotonic()
-    server = private_nats()
-    rig = Rig(server.url, broker_name, tmp_path / "runs.jsonl", worker_fleet, ack_wait=2.0)
+    # A private server of the engine's kind: the machine's is never restarted.
+    # (A private Redis writes every change to its append-only file first.)
+    factory: PrivateNats | PrivateRedis = request.getfixturevalue(
+        "private_nats" if kind == "jetstream" else "private_redis"
+    )
+    server = factory()
+    engine = Engine(kind, server.url, f"{kind}-private")
+    rig = Rig(engine, broker_name, tmp_path / "runs.jsonl", worker_fleet, ack_wait=2.0)
     rng = random.Random(31337)
     workers = [rig.start_worker(label="a"), rig.start_worker(label="b")]
     app = rig.client()
@@ -384,19 +398,19 @@ async def test_jetstream_server_restart_mid_run_loses_nothing(
         "lost": 0,
         "seconds": round(time.monotonic() - started, 1),
     }
-    report(counts, tmp_path / "jetstream-chaos-restart.json", capsys)
+    report(counts, tmp_path / f"{kind}-chaos-restart.json", capsys)
 
 
 # -- c. a long job on a live worker -------------------------------------------------
 
 
 @pytest.mark.timeout(60)
-async def test_jetstream_job_of_five_leases_on_live_worker_runs_once(
-    nats_url: str, broker_name: str, worker_fleet: WorkerFleet, tmp_path: Path
+async def test_job_of_five_leases_on_live_worker_runs_once(
+    machine_engine: Engine, broker_name: str, worker_fleet: WorkerFleet, tmp_path: Path
 ) -> None:
     """A job running 5x ack_wait on a live worker is never redelivered: one run, attempt 1."""
     ack_wait = 1.0
-    rig = Rig(nats_url, broker_name, tmp_path / "runs.jsonl", worker_fleet, ack_wait)
+    rig = Rig(machine_engine, broker_name, tmp_path / "runs.jsonl", worker_fleet, ack_wait)
     rig.start_worker(workers=2, label="a")
     rig.start_worker(workers=2, label="b")  # somewhere a redelivery could go
     app = rig.client()
@@ -426,15 +440,15 @@ HANDBACK_BOUND = 8.0
 
 
 @pytest.mark.timeout(40)
-async def test_jetstream_sigterm_hands_unstarted_jobs_back_at_once(
-    nats_url: str,
+async def test_sigterm_hands_unstarted_jobs_back_at_once(
+    machine_engine: Engine,
     broker_name: str,
     worker_fleet: WorkerFleet,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """SIGTERM: unstarted jobs start elsewhere well within the lease; running ones finish; exit 0"""
-    rig = Rig(nats_url, broker_name, tmp_path / "runs.jsonl", worker_fleet, GRACE_ACK_WAIT)
+    rig = Rig(machine_engine, broker_name, tmp_path / "runs.jsonl", worker_fleet, GRACE_ACK_WAIT)
     gate = tmp_path / "gate"
     stopping = rig.start_worker(workers=2, grace=20, label="stopping")
     app = rig.client()
@@ -499,12 +513,12 @@ async def test_jetstream_sigterm_hands_unstarted_jobs_back_at_once(
         "ack_wait": GRACE_ACK_WAIT,
         "records_seen": len(records),
     }
-    report(counts, tmp_path / "jetstream-chaos-sigterm.json", capsys)
+    report(counts, tmp_path / f"{machine_engine.kind}-chaos-sigterm.json", capsys)
 
 
 @pytest.mark.timeout(40)
-async def test_jetstream_sigterm_hands_running_jobs_back_when_grace_ends(
-    nats_url: str,
+async def test_sigterm_hands_running_jobs_back_when_grace_ends(
+    machine_engine: Engine,
     broker_name: str,
     worker_fleet: WorkerFleet,
     tmp_path: Path,
@@ -512,7 +526,7 @@ async def test_jetstream_sigterm_hands_running_jobs_back_when_grace_ends(
 ) -> None:
     """SIGTERM, short grace: running jobs are handed back when it ends, not after the lease."""
     grace = 1.0
-    rig = Rig(nats_url, broker_name, tmp_path / "runs.jsonl", worker_fleet, GRACE_ACK_WAIT)
+    rig = Rig(machine_engine, broker_name, tmp_path / "runs.jsonl", worker_fleet, GRACE_ACK_WAIT)
     gate = tmp_path / "gate"
     stopping = rig.start_worker(workers=2, grace=grace, label="stopping")
     app = rig.client()
@@ -561,15 +575,15 @@ async def test_jetstream_sigterm_hands_running_jobs_back_when_grace_ends(
         "seconds_from_sigterm_to_last_start_elsewhere": round(latest_start, 2),
         "ack_wait": GRACE_ACK_WAIT,
     }
-    report(counts, tmp_path / "jetstream-chaos-grace.json", capsys)
+    report(counts, tmp_path / f"{machine_engine.kind}-chaos-grace.json", capsys)
 
 
 # -- e. a redelivered job runs on one survivor at a time ----------------------------
 
 
 @pytest.mark.timeout(90)
-async def test_jetstream_redelivered_job_never_runs_on_two_workers_at_once(
-    nats_url: str,
+async def test_redelivered_job_never_runs_on_two_workers_at_once(
+    machine_engine: Engine,
     broker_name: str,
     worker_fleet: WorkerFleet,
     tmp_path: Path,
@@ -578,7 +592,7 @@ async def test_jetstream_redelivered_job_never_runs_on_two_workers_at_once(
     """After kills, each redelivered job runs on exactly one surviving worker, never overlapping."""
     ack_wait = 1.5
     seconds = 4.0  # longer than two leases: the survivors must extend theirs
-    rig = Rig(nats_url, broker_name, tmp_path / "runs.jsonl", worker_fleet, ack_wait)
+    rig = Rig(machine_engine, broker_name, tmp_path / "runs.jsonl", worker_fleet, ack_wait)
     fleet = [rig.start_worker(workers=2, label=label) for label in ("a", "b", "c")]
     app = rig.client()
     async with app.broker:
@@ -632,18 +646,18 @@ async def test_jetstream_redelivered_job_never_runs_on_two_workers_at_once(
         "ack_wait": ack_wait,
         "job_seconds": seconds,
     }
-    report(counts, tmp_path / "jetstream-chaos-redelivery.json", capsys)
+    report(counts, tmp_path / f"{machine_engine.kind}-chaos-redelivery.json", capsys)
 
 
 # -- f. poison payloads and unknown tasks ----------------------------------------
 
 
 @pytest.mark.timeout(60)
-async def test_jetstream_poison_and_unknown_tasks_are_dead_letters_worker_keeps_serving(
-    nats_url: str, broker_name: str, worker_fleet: WorkerFleet, tmp_path: Path
+async def test_poison_and_unknown_tasks_are_dead_letters_worker_keeps_serving(
+    machine_engine: Engine, broker_name: str, worker_fleet: WorkerFleet, tmp_path: Path
 ) -> None:
-    """Garbage on the job subject and unknown task names are dead letters; the worker carries on."""
-    rig = Rig(nats_url, broker_name, tmp_path / "runs.jsonl", worker_fleet, ack_wait=5.0)
+    """Garbage in a job lane and unknown task names are dead letters; the worker carries on."""
+    rig = Rig(machine_engine, broker_name, tmp_path / "runs.jsonl", worker_fleet, ack_wait=5.0)
     worker = rig.start_worker(workers=2, label="a")
     app = rig.client()
     assert app.unknown is not None
@@ -657,14 +671,8 @@ async def test_jetstream_poison_and_unknown_tasks_are_dead_letters_worker_keeps_
         broker = app.broker
         first = await broker.submit(app.work, 0.01)
         assert await asyncio.wait_for(first, 30) == f"{first.id}:1", "the worker does not serve"
-        subject = broker.subject_for(priority=0)
-        nc = await nats.connect(rig.url, connect_timeout=2)
-        try:
-            js = nc.jetstream()
-            for payload in garbage:
-                await js.publish(subject, payload)
-        finally:
-            await nc.close()
+        for payload in garbage:
+            await machine_engine.publish_raw(broker_name, payload)
         unknown = await broker.submit(app.unknown)
         with pytest.raises(RemoteJobError):
             await asyncio.wait_for(unknown, 30)
@@ -695,11 +703,11 @@ async def test_jetstream_poison_and_unknown_tasks_are_dead_letters_worker_keeps_
 
 
 @pytest.mark.timeout(60)
-async def test_jetstream_keyed_jobs_across_workers_never_overlap_and_keep_order(
-    nats_url: str, broker_name: str, worker_fleet: WorkerFleet, tmp_path: Path
+async def test_keyed_jobs_across_workers_never_overlap_and_keep_order(
+    machine_engine: Engine, broker_name: str, worker_fleet: WorkerFleet, tmp_path: Path
 ) -> None:
     """One key's jobs never run at once, even on two processes, and run in submitted order."""
-    rig = Rig(nats_url, broker_name, tmp_path / "runs.jsonl", worker_fleet, ack_wait=5.0)
+    rig = Rig(machine_engine, broker_name, tmp_path / "runs.jsonl", worker_fleet, ack_wait=5.0)
     # Both serving before the first job, and one of them with room for a
     # single job: then neither can run every key alone (a worker that came
     # up late, or that kept winning its own freed lanes, did).
