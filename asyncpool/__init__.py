@@ -10,17 +10,24 @@ from ._dispatcher import Dispatcher
 from ._errors import AsyncPoolError, DispatcherClosed, JobTimeout, QueueFull
 from ._handle import JobHandle
 from ._job import AsyncJob, Job, JobState, SyncJob
+from ._joblog import JobLog, JobRecord
 from ._map import as_completed
 from ._retry import Retry
 from ._stats import Latency, ShutdownReport, Stats
+from ._telemetry import BrokerEvent, Instrument, JobRun
 
 __all__ = (
     "AsyncJob",
     "AsyncPoolError",
+    "BrokerEvent",
     "Dispatcher",
     "DispatcherClosed",
+    "Instrument",
     "Job",
     "JobHandle",
+    "JobLog",
+    "JobRecord",
+    "JobRun",
     "JobState",
     "JobTimeout",
     "Latency",

@@ -11,13 +11,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from types import FunctionType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import DispatcherClosed
 from ._executors import check_picklable
 from ._job import CORO_OBJECT, IN_PROCESS, IN_THREAD, JOB_ON_LOOP, ON_LOOP, classify
 from ._options import RESERVED_OPTIONS, JobOptions, pop_options
 from ._retry import Retry
+
+if TYPE_CHECKING:
+    from ._telemetry import Instrument
 
 __all__ = ("Classifier", "close_if_coroutine")
 
@@ -43,6 +46,7 @@ class Classifier:
         "_default_timeout",
         "_default_retry",
         "_has_defaults",
+        "_instruments",
         "_in_processes",
         "_closed_error",
     )
@@ -54,6 +58,7 @@ class Classifier:
         default_retry: Retry | None,
         in_processes: bool,
         closed_error: Callable[[], DispatcherClosed],
+        instruments: tuple[Instrument, ...] = (),
     ) -> None:
         self.plain_fn: object = _NO_FN
         """The last plain coroutine function submitted without options while accepting."""
@@ -61,8 +66,12 @@ class Classifier:
         self._job_classes: dict[type, FunctionType] = {}
         self._default_timeout = default_timeout
         self._default_retry = default_retry
-        # Options on every job when a default is set: the fast paths are off.
-        self._has_defaults = default_timeout is not None or default_retry is not None
+        self._instruments = instruments
+        # Options on every job when a default is set, or an instrument: the
+        # fast paths are off.
+        self._has_defaults = (
+            default_timeout is not None or default_retry is not None or bool(instruments)
+        )
         self._in_processes = in_processes
         self._closed_error = closed_error
 
@@ -111,7 +120,9 @@ class Classifier:
             opts = None
             if self._has_defaults or not RESERVED_OPTIONS.isdisjoint(kwargs):
                 retry_given = kwargs.get("retry") is not None
-                opts = pop_options(kwargs, self._default_timeout, self._default_retry)
+                opts = pop_options(
+                    kwargs, self._default_timeout, self._default_retry, self._instruments
+                )
             mode, fn = classify(target, args, kwargs)
             if mode == IN_THREAD and self._in_processes:
                 mode = IN_PROCESS

@@ -58,6 +58,7 @@ from ._options import JobOptions
 from ._policies import KeyTable, PriorityLanes, TokenBucket
 from ._reporting import Reporter
 from ._stats import WINDOW, Casualties, Stats, latency
+from ._telemetry import announce_queued, job_run, run_instrumented
 
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher
@@ -537,6 +538,8 @@ class Core:
             self._jobs.append(handle)
         else:
             opts.order = handle.id
+            if opts.instruments:
+                announce_queued(handle, opts, self.dispatcher.name or "")
             if opts.key is not None:
                 if not self._keys.claim(opts.key, handle):
                     opts.parked = True
@@ -1225,6 +1228,15 @@ class Worker:
         opts.tries += 1
         if opts.observer is not None:
             opts.observer.job_started(handle)
+        if opts.instruments:
+            job = job_run(handle, opts, self.core.dispatcher.name or "", opts.tries)
+            return await run_instrumented(opts.instruments, job, lambda: self._try(handle, opts))
+        if opts.timeout is None:
+            return await self._call(handle)  # one coroutine frame fewer: most options jobs
+        return await self._try(handle, opts)
+
+    async def _try(self, handle: JobHandle[Any], opts: JobOptions) -> Any:
+        """One try of a job with options, within its time limit."""
         timeout = opts.timeout
         if timeout is None:
             return await self._call(handle)

@@ -19,7 +19,7 @@ See docs/explanation/design.md, "Where things live", for the whole map.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
 
@@ -38,6 +38,7 @@ from ._reporting import Reporter
 from ._retry import Retry, as_float, shown
 from ._signatures import MapSignature, SubmitNowaitSignature, SubmitSignature
 from ._stats import ShutdownReport, Stats
+from ._telemetry import Instrument, check_instruments
 from ._testing import Internals
 
 __all__ = ("RESERVED_OPTIONS", "Dispatcher")
@@ -115,6 +116,11 @@ class Dispatcher:
             whatever the number of workers; None (the default) for no limit.
         rate_burst: With `rate_limit`, how many jobs may start at once after
             a quiet spell (the token bucket's size, >= 1).
+        instruments: `Instrument`s told about every job: metrics
+            (`asyncpool.metrics.PrometheusMetrics`), tracing
+            (`asyncpool.tracing.OpenTelemetryTracing`), the dashboard's
+            `JobLog`. With any, every job takes the options path (a few
+            microseconds more per job); without, nothing is paid.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -134,6 +140,7 @@ class Dispatcher:
         "_name",
         "_queue_size",
         "_size",
+        "_instruments",
     )
 
     def __init__(
@@ -149,6 +156,7 @@ class Dispatcher:
         retry: Retry | None = None,
         rate_limit: float | None = None,
         rate_burst: int | None = None,
+        instruments: Sequence[Instrument] = (),
     ) -> None:
         check_workers(workers)
         _check_int("queue_size", queue_size, 0)
@@ -184,6 +192,7 @@ class Dispatcher:
                 )
             if rate_limit is None:
                 raise ValueError("rate_burst needs rate_limit (the burst of a rate limit)")
+        checked_instruments = check_instruments(instruments)
         self._name = name
         self._title = f"Dispatcher {name!r}" if name else "Dispatcher"
         self._size = workers
@@ -206,7 +215,11 @@ class Dispatcher:
             default_retry=default_retry,
             in_processes=sync_in == "process",
             closed_error=self._closed_error,
+            instruments=checked_instruments,
         )
+        self._instruments = checked_instruments
+        for instrument in checked_instruments:
+            instrument.bind(self)
         self._lifecycle = Lifecycle(
             self._core,
             self._classifier,
@@ -221,6 +234,11 @@ class Dispatcher:
     def name(self) -> str | None:
         """The name given to the constructor."""
         return self._name
+
+    @property
+    def instruments(self) -> tuple[Instrument, ...]:
+        """The instruments given to the constructor."""
+        return self._instruments
 
     @property
     def workers(self) -> int:

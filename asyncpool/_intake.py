@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._classify import close_if_coroutine
 from ._core import Core
@@ -31,6 +31,9 @@ from ._handle import JobHandle
 from ._job import JobState
 from ._options import JobOptions
 from ._ports import JobObserver
+
+if TYPE_CHECKING:
+    from ._telemetry import Instrument, Origin
 
 __all__ = ("Intake",)
 
@@ -107,13 +110,26 @@ class Intake:
             await core.wait_for_free_slots()
 
     def put(
-        self, target: Any, /, *args: Any, observer: JobObserver, **kwargs: Any
+        self,
+        target: Any,
+        /,
+        *args: Any,
+        observer: JobObserver,
+        origin: Origin | None = None,
+        carrier: dict[str, str] | None = None,
+        instruments: tuple[Instrument, ...] = (),
+        **kwargs: Any,
     ) -> JobHandle[Any]:
         """Queue one job from the source, using one granted place; never waits.
 
         Takes what `submit` takes (per-job options included). The job is
         queued even if the job queue is full: the place was granted by
         `capacity()`, from the dispatcher's free workers.
+
+        A remote job names itself to instruments by its `origin` (job id,
+        task, lane, arguments as sent); its `carrier` is what its submitter captured (the
+        dispatcher's instruments do not capture again), and `instruments`
+        are told about it besides the dispatcher's own.
 
         Raises:
             RuntimeError: no place is granted (call `await capacity()` first).
@@ -130,6 +146,11 @@ class Intake:
         if opts is None:
             opts = JobOptions(None, None, 0, None)  # the observer rides in the options
         opts.observer = observer
+        if origin is not None:
+            opts.origin = origin
+            opts.carrier = carrier
+            extra = tuple(i for i in instruments if i not in opts.instruments)
+            opts.instruments += extra
         handle = self._core.enqueue(mode, fn, args, kwargs, opts, False)
         assert handle is not None
         self._granted -= 1

@@ -17,9 +17,13 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final
 
 from ._retry import Retry, as_float, shown
+from ._telemetry import Instrument
+
+_base_capture = Instrument.capture
 
 if TYPE_CHECKING:
     from ._ports import JobObserver
+    from ._telemetry import Origin
 
 __all__ = (
     "MAX_WORKERS",
@@ -50,6 +54,9 @@ class JobOptions:
         "observer",
         "timeout_off",
         "retry_off",
+        "instruments",
+        "carrier",
+        "origin",
     )
 
     def __init__(
@@ -81,6 +88,12 @@ class JobOptions:
         """`timeout=None` was given to turn the dispatcher's default time limit off."""
         self.retry_off = retry_off
         """`retry=None` was given to turn the dispatcher's default retry policy off."""
+        self.instruments: tuple[Instrument, ...] = ()
+        """Told when the job is queued, and around each try (`asyncpool._telemetry`)."""
+        self.carrier: dict[str, str] | None = None
+        """What the submitter's instruments captured (a trace context), or None."""
+        self.origin: Origin | None = None
+        """Where a remote job came from, as its instruments should name it."""
 
 
 def check_timeout(timeout: object, *, zero_ok: bool = False) -> float | None:
@@ -147,13 +160,18 @@ def check_retry(retry: object, name: str = "retry") -> Retry | None:
 
 
 def pop_options(
-    kwargs: dict[str, Any], default_timeout: float | None, default_retry: Retry | None
+    kwargs: dict[str, Any],
+    default_timeout: float | None,
+    default_retry: Retry | None,
+    instruments: tuple[Instrument, ...] = (),
 ) -> JobOptions | None:
     """Take the per-job options out of `submit`'s keyword arguments.
 
     Missing options take the dispatcher's defaults (an explicit `timeout=None`
     or `retry=None` turns a default off for this job). Returns None when the
-    job ends up with no option at all, so that it takes the fast path.
+    job ends up with no option at all, so that it takes the fast path (never
+    with `instruments`: they ride in the options, and each submitter's
+    `capture` fills the job's carrier here, in the submitter's context).
 
     Raises:
         TypeError, ValueError: an option has a wrong type or value; the
@@ -182,6 +200,15 @@ def pop_options(
         and priority == 0
         and key is None
         and not (timeout_off or retry_off)
+        and not instruments
     ):
         return None
-    return JobOptions(timeout, retry, priority, key, timeout_off=timeout_off, retry_off=retry_off)
+    opts = JobOptions(timeout, retry, priority, key, timeout_off=timeout_off, retry_off=retry_off)
+    if instruments:
+        opts.instruments = instruments
+        carrier: dict[str, str] = {}
+        for instrument in instruments:
+            if type(instrument).capture is not _base_capture:
+                instrument.capture(carrier)
+        opts.carrier = carrier or None
+    return opts
