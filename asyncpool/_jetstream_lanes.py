@@ -59,6 +59,12 @@ class JetStreamDelivery:
         return self._msg.subject
 
     @property
+    def lane(self) -> str:
+        """The lane's name: "high", "normal", "low", or "keys" for every key lane."""
+        name = self._msg.subject.rsplit(".jobs.", 1)[-1]
+        return "keys" if name.startswith("key.") else name
+
+    @property
     def stream_seq(self) -> int:
         """Where the message sits in the stream: the same for each of its deliveries."""
         return int(self._msg.metadata.sequence.stream)

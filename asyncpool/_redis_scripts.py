@@ -17,7 +17,13 @@ atomic step on the server:
 * `CREATE_OUTCOME`: a terminal record is written once, with its TTL, and
   published to the submitting process in the same step; `FINISH` does that
   and the ack in one call (a job's usual end: one round trip, not two).
-* `DEAD_LETTER`, `REQUEUE`: a dead letter is written once per job message.
+* `DEAD_LETTER`, `REQUEUE`: a dead letter is written once per job message,
+  and requeued at most once (a letter already gone requeues nothing).
+* `LANES`: what each lane holds (waiting, running, delayed), as one snapshot.
+* `PUT_STATUS`, `STATUSES`, `DROP_STATUS`: the workers' statuses, keys with
+  a TTL found through a sorted set of worker names scored by expiry (so
+  that nothing scans the keyspace); expired names leave the set whenever it
+  is read or written.
 * `PRUNE`: consumers that hold nothing and have not read for a long time
   (workers that were killed, after their entries were reclaimed) leave the
   group.
@@ -296,11 +302,69 @@ return 1
 REQUEUE: Final = """
 -- KEYS: lane, dead stream, record, the set of key lanes with jobs.
 -- ARGV: dead letter's entry id, payload, codec, job id, bell channel, keyed (0/1)
+-- Returns 0 (and does nothing) if the dead letter is gone: deleted, or
+-- requeued already (by another caller that listed it too).
+if redis.call('XDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[3])
 redis.call('XADD', KEYS[1], '*', 'd', ARGV[2], 'c', ARGV[3], 'i', ARGV[4])
 if ARGV[6] == '1' then redis.call('SADD', KEYS[4], KEYS[1]) end
-redis.call('XDEL', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[5], '1')
+return 1
+"""
+
+LANES: Final = """
+-- KEYS: delayed, parked, then the lanes (streams).  ARGV: group
+-- Returns {waiting, running, delayed} per lane, flattened, in KEYS' order.
+-- A lane's stream holds what waits and what is pending (an acked entry is
+-- deleted); a retry waiting out its backoff is in the delayed set, or, on
+-- a key lane, a pending entry that is parked.
+local delayed_in = {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local lane = cmsgpack.unpack(member)[1]
+  delayed_in[lane] = (delayed_in[lane] or 0) + 1
+end
+local out = {}
+for j = 3, #KEYS do
+  local lane = KEYS[j]
+  local held = redis.call('XPENDING', lane, ARGV[1])[1]
+  local parked = redis.call('HEXISTS', KEYS[2], lane)
+  out[#out + 1] = math.max(0, redis.call('XLEN', lane) - held)
+  out[#out + 1] = math.max(0, held - parked)
+  out[#out + 1] = (delayed_in[lane] or 0) + math.min(parked, held)
+end
+return out
+"""
+
+PUT_STATUS: Final = (
+    _FIELDS
+    + """
+-- KEYS: the worker's status, the set of workers scored by expiry (ms).
+-- ARGV: worker, status, ttl (ms)
+local now, ttl = now_ms(), tonumber(ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+-- The set goes when its last status does (a cluster that went away).
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[2], last[2])
+return 1
+"""
+)
+
+STATUSES: Final = (
+    _FIELDS
+    + """
+-- KEYS: the set of workers scored by expiry.  Returns the workers whose
+-- status has not expired (their keys expire by the same clock, the server's).
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+)
+
+DROP_STATUS: Final = """
+-- KEYS: the worker's status, the set of workers.  ARGV: worker
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 

@@ -19,6 +19,9 @@ touch any of them):
   of the process that submitted the job (job ids are `<origin>.<n>`);
 * `{name}:cancels`: a stream of cancellation requests, trimmed to the
   result TTL; `{name}:dead`: the dead letters;
+* `{name}:status:<worker>`: a worker's status, with its TTL, and
+  `{name}:statuses`: a sorted set of the worker names scored by when their
+  status expires (server time, ms), to find them without scanning keys;
 * the channel `{name}:bell`: rung when a job enters a lane.
 
 The atomic steps are Lua scripts (`_redis_scripts`); this module calls them,
@@ -33,6 +36,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
@@ -44,8 +48,9 @@ from redis.asyncio.client import PubSub
 from . import _redis_scripts as scripts
 from ._deadletters import DeadLetter
 from ._envelope import Envelope, partition_of
+from ._lanes_info import LaneInfo
 from ._redis_calls import Pipeliner, Script, connection_errors
-from ._transport import Delivery
+from ._transport import Delivery, check_status_ttl, check_worker
 
 if TYPE_CHECKING:
     from .redis import RedisBroker
@@ -115,9 +120,14 @@ class RedisDelivery:
         return self._keyed
 
     @property
-    def lane(self) -> str:
-        """The stream the entry was read from (a requeued dead letter goes back there)."""
+    def stream(self) -> str:
+        """The key of the stream it was read from."""
         return self._lane
+
+    @property
+    def lane(self) -> str:
+        """The lane's name: "high", "normal", "low", or "keys" for every key lane."""
+        return "keys" if self._keyed else self._lane.rsplit(":", 1)[1]
 
     async def ack(self) -> None:
         t = self._transport
@@ -193,6 +203,7 @@ class RedisTransport:
         self.dead_key = f"{p}:dead"
         self.cancels_key = f"{p}:cancels"
         self.bell_channel = f"{p}:bell"
+        self.statuses_key = f"{p}:statuses"
         self._done_prefix = f"{p}:done:"
         self.recheck_interval = min(0.5, broker.ack_wait / 4)
         self.lease_period = broker.ack_wait / 3
@@ -216,6 +227,10 @@ class RedisTransport:
         self._dead_letter = Script(pipeliner, scripts.DEAD_LETTER)
         self._requeue = Script(pipeliner, scripts.REQUEUE)
         self._prune = Script(pipeliner, scripts.PRUNE)
+        self._count_lanes = Script(pipeliner, scripts.LANES)
+        self._put_status = Script(pipeliner, scripts.PUT_STATUS)
+        self._statuses = Script(pipeliner, scripts.STATUSES)
+        self._drop_status = Script(pipeliner, scripts.DROP_STATUS)
         self._last_prune = time.monotonic()
 
     # -- set up --------------------------------------------------------
@@ -480,6 +495,31 @@ class RedisTransport:
             async with asyncio.timeout(timeout if not self._lost else _BACKOFF_MAX):
                 await self._bell.wait()
 
+    async def lane_counts(self) -> list[LaneInfo]:
+        """Each lane's counts in one step: stream length, pending entries, delayed retries.
+
+        A retry waiting out its backoff is `delayed`: in the delayed set, or
+        (on a key lane, where it keeps its place) a parked pending entry.
+        """
+        flat = await self._count_lanes(
+            [self.delayed_key, self.parked_key, *self.lanes, *self.key_lanes], [GROUP]
+        )
+        counts = [tuple(flat[j : j + 3]) for j in range(0, len(flat), 3)]
+        rows = [
+            LaneInfo(name, waiting, running, delayed)
+            for name, (waiting, running, delayed) in zip(_LANES, counts[: len(_LANES)], strict=True)
+        ]
+        keyed = counts[len(_LANES) :]
+        rows.append(
+            LaneInfo(
+                "keys",
+                sum(count[0] for count in keyed),
+                sum(count[1] for count in keyed),
+                sum(count[2] for count in keyed),
+            )
+        )
+        return rows
+
     # -- records -------------------------------------------------------
 
     def _record_key(self, job_id: str) -> str:
@@ -496,7 +536,7 @@ class RedisTransport:
     async def finish(self, delivery: Any, job_id: str, record: bytes | None) -> None:
         origin = job_id.split(".", 1)[0]
         await self.scripts_finish(
-            [delivery.lane, self._record_key(job_id)],
+            [delivery.stream, self._record_key(job_id)],
             [
                 GROUP,
                 delivery.entry_id,
@@ -555,10 +595,38 @@ class RedisTransport:
                 told = True
                 caught_up()
 
+    # -- workers' statuses ---------------------------------------------
+
+    def _status_key(self, worker: str) -> str:
+        return f"{self.prefix}:status:{worker}"
+
+    async def put_status(self, worker: str, data: bytes, ttl: float) -> None:
+        """Set the worker's key with its TTL, and its expiry in the set (server time)."""
+        worker = check_worker(worker)
+        ttl_ms = max(1, math.ceil(check_status_ttl(ttl) * 1000))
+        await self._put_status(
+            [self._status_key(worker), self.statuses_key], [worker, data, ttl_ms]
+        )
+
+    async def statuses(self) -> list[bytes]:
+        """Prune the set, then read the keys of the names left (a key may expire in between)."""
+        workers: list[bytes] = await self._statuses([self.statuses_key], [])
+        if not workers:
+            return []
+        with connection_errors(self._where):
+            found: list[bytes | None] = await self._redis.mget(
+                [self._status_key(worker.decode()) for worker in workers]
+            )
+        return [data for data in found if data is not None]
+
+    async def drop_status(self, worker: str) -> None:
+        worker = check_worker(worker)
+        await self._drop_status([self._status_key(worker), self.statuses_key], [worker])
+
     # -- dead letters --------------------------------------------------
 
     async def dead_letter(self, delivery: Any, letter: dict[str, Any]) -> None:
-        letter = dict(letter, subject=delivery.lane)
+        letter = dict(letter, subject=delivery.stream)
         await self._dead_letter(
             [
                 self.dead_key,
@@ -583,8 +651,13 @@ class RedisTransport:
             start = "(" + entries[-1][0].decode()
 
     async def requeue(self, letter: DeadLetter) -> None:
+        """Send the dead letter's job back to its lane, and remove the letter (one step).
+
+        Raises:
+            LookupError: the letter is gone (deleted or requeued already).
+        """
         lane = letter.subject if letter.subject.startswith(f"{self.prefix}:") else self.lanes[1]
-        await self._requeue(
+        requeued = await self._requeue(
             [lane, self.dead_key, self._record_key(letter.id), self.busy_key],
             [
                 str(letter.seq),
@@ -595,6 +668,19 @@ class RedisTransport:
                 int(lane in self._keyed_lanes),
             ],
         )
+        if not requeued:
+            raise LookupError(f"no dead letter of {letter.id!r} at entry {letter.seq}")
+
+    async def delete_dead_letter(self, letter: DeadLetter) -> None:
+        """Remove a dead letter from its stream.
+
+        Raises:
+            LookupError: it is not there (deleted or requeued already).
+        """
+        with connection_errors(self._where):
+            removed = await self._redis.xdel(self.dead_key, str(letter.seq))
+        if not removed:
+            raise LookupError(f"no dead letter of {letter.id!r} at entry {letter.seq}")
 
     async def destroy(self) -> None:
         """Delete every key of this broker."""

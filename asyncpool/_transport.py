@@ -17,15 +17,58 @@ engine only moves bytes and keeps the durable state:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ._envelope import Envelope
+from ._lanes_info import LaneInfo
 
-__all__ = ("Delivery", "Transport")
+__all__ = ("STATUS_TTL_MAX", "Delivery", "Transport", "check_status_ttl", "check_worker")
+
+STATUS_TTL_MAX: Final = 3600.0
+"""The longest a worker's status may live without being put again (seconds).
+
+The same on every engine. JetStream needs a bound: its oldest supported
+server (2.9) has no expiry per message, only per bucket, so the statuses'
+bucket keeps every message at most this long, and the shorter TTL of each
+status is applied as it is read.
+"""
+
+
+def check_status_ttl(ttl: object) -> float:
+    """A status's TTL: a number of seconds, above 0 and at most `STATUS_TTL_MAX`.
+
+    Raises:
+        TypeError: `ttl` is not a number.
+        ValueError: it is out of that range.
+    """
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"ttl must be a number of seconds, got {ttl!r}")
+    if not 0 < ttl <= STATUS_TTL_MAX:  # NaN too: it compares false
+        raise ValueError(f"ttl must be above 0 and at most {STATUS_TTL_MAX:g} s, got {ttl!r}")
+    return float(ttl)
+
+
+def check_worker(worker: object) -> str:
+    """A worker's name, as statuses are kept under: a non-empty str ("host:1234").
+
+    Raises:
+        TypeError: `worker` is not a str.
+        ValueError: it is empty.
+    """
+    if not isinstance(worker, str):
+        raise TypeError(f"worker must be a str (such as 'host:1234'), got {worker!r}")
+    if not worker:
+        raise ValueError("worker must not be empty")
+    return worker
 
 
 class Delivery(Protocol):
     """One job message held by this worker."""
+
+    @property
+    def lane(self) -> str:
+        """The name of the lane it came from ("high", "normal", "low", or a key lane's)."""
+        ...
 
     @property
     def data(self) -> bytes:
@@ -133,4 +176,32 @@ class Transport(Protocol):
 
     async def dead_letter(self, delivery: Any, letter: dict[str, Any]) -> None:
         """Store a dead letter (the neutral fields in `letter`; the engine adds where it was)."""
+        ...
+
+    async def lane_counts(self) -> list[LaneInfo]:
+        """How many jobs each lane holds: waiting, running, delayed (see `LaneInfo`).
+
+        The priority lanes ("high", "normal", "low"), then one row for every
+        key lane together ("keys").
+        """
+        ...
+
+    async def put_status(self, worker: str, data: bytes, ttl: float) -> None:
+        """Store `data` as the status of `worker` (replacing its last), for `ttl` seconds.
+
+        A status not put again within `ttl` seconds of its last put is gone
+        (a worker that was killed drops out by itself).
+
+        Raises:
+            TypeError, ValueError: `worker` is not a non-empty str, or `ttl`
+                is not a number above 0 and at most `STATUS_TTL_MAX`.
+        """
+        ...
+
+    async def statuses(self) -> list[bytes]:
+        """The status of every worker whose status has not expired, in no particular order."""
+        ...
+
+    async def drop_status(self, worker: str) -> None:
+        """Remove `worker`'s status now (a worker that stops cleanly); none is no error."""
         ...

@@ -16,8 +16,8 @@ the worker held are redelivered by the server once their lease runs out.
 
 `WorkerFailure` is every failure that is not a bug: the broker did not open
 (whatever opening raised: no server, a name set up otherwise on it), or an
-`OSError` (a connection broke, a request timed out) while serving, listing or
-requeueing. The command line prints its message as one line; anything else
+`OSError` (a connection broke, a request timed out) while serving, listing,
+requeueing or deleting. The command line prints its message as one line; anything else
 is a bug and keeps its traceback.
 """
 
@@ -241,30 +241,39 @@ async def _serve_until_stopped(
 
 
 async def run_dead_letters(broker: Broker, action: str, ids: Sequence[str], out: TextIO) -> int:
-    """List dead letters, or requeue some (`ids`) or all (`ids == ["--all"]`).
+    """List dead letters, or requeue or delete some (`ids`) or all (`ids == ["--all"]`).
 
     An id requeues the latest dead letter with that id, as `broker.requeue(id)`
-    does; `--all` requeues the latest letter of every id.
+    does; `--all` requeues the latest letter of every id. An id deletes every
+    dead letter with that id (earlier deaths of the same job too: the job is
+    given up); `--all` deletes them all.
 
     Returns:
-        0, or 1 when an id to requeue is not a dead letter (the others are
-        requeued).
+        0, or 1 when an id to requeue or delete is not a dead letter (the
+        others are requeued or deleted).
 
     Raises:
-        WorkerUsageError: the broker keeps no dead letters.
+        WorkerUsageError: the broker keeps no dead letters, or (to delete)
+            cannot delete them.
         WorkerFailure: the broker did not open, or its server could not be
-            reached (the message says how many jobs were requeued first).
+            reached (the message says how many were requeued or deleted first).
     """
-    requeue = getattr(broker, "requeue", None)
     listing = getattr(broker, "dead_letters", None)
+    requeue = getattr(broker, "requeue", None)
     if requeue is None or listing is None:
         raise WorkerUsageError(f"{broker!r} keeps no dead letters")
+    delete = getattr(broker, "delete_dead_letter", None) if action == "delete" else None
+    if action == "delete" and delete is None:
+        raise WorkerUsageError(f"{broker!r} cannot delete dead letters")
     try:
         await broker.__aenter__()
     except Exception as exc:  # as for the worker: the server's or the setup's doing
         raise WorkerFailure(f"cannot open {broker!r}: {_describe(exc)}") from exc
     try:
-        status = await _dead_letters(action, ids, listing, requeue, out)
+        if delete is not None:
+            status = await _delete_dead_letters(ids, listing, delete, out)
+        else:
+            status = await _dead_letters(action, ids, listing, requeue, out)
     except BaseException as exc:
         lost = await _close(broker)
         if isinstance(exc, OSError) or (lost is not None and isinstance(exc, Exception)):
@@ -312,11 +321,44 @@ async def _dead_letters(
     done = 0
     try:
         for letter in chosen:
-            await requeue(letter)
+            try:
+                await requeue(letter)
+            except LookupError:
+                continue  # gone since it was listed (requeued or deleted elsewhere)
             done += 1
     finally:
         print(f"requeued {done} job(s)", file=out)
     if missing:
         print(f"no dead letter with id: {', '.join(sorted(missing))}", file=out)
+        return 1
+    return 0
+
+
+async def _delete_dead_letters(
+    ids: Sequence[str],
+    listing: Callable[[], Awaitable[list[DeadLetter]]],
+    delete: Callable[[DeadLetter], Awaitable[None]],
+    out: TextIO,
+) -> int:
+    letters = await listing()
+    if list(ids) == ["--all"]:
+        chosen = letters
+        missing: list[str] = []
+    else:
+        wanted = set(ids)
+        chosen = [letter for letter in letters if letter.id in wanted]
+        missing = sorted(wanted - {letter.id for letter in chosen})
+    done = 0
+    try:
+        for letter in chosen:
+            try:
+                await delete(letter)
+            except LookupError:
+                continue  # gone since it was listed (deleted or requeued elsewhere)
+            done += 1
+    finally:
+        print(f"deleted {done} dead letter(s)", file=out)
+    if missing:
+        print(f"no dead letter with id: {', '.join(missing)}", file=out)
         return 1
     return 0

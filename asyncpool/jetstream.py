@@ -30,7 +30,9 @@ JetStream on. What the broker keeps on the server, all named from `name`:
   submission order, on any number of machines;
 * the KV bucket `<name>_results` (terminal records, kept `result_ttl`
   seconds) and `<name>_cancels` (cancellation requests, as long);
-* the stream `<name>_dead`: dead letters.
+* the stream `<name>_dead`: dead letters;
+* the KV bucket `<name>_statuses` (made on first use): the workers'
+  statuses, for `transport.put_status()` / `statuses()`.
 
 The server owns the lease (`ack_wait`), its extension (`in_progress`),
 delayed redelivery (`nak(delay)`) and delivery counts; a publish carries
@@ -43,6 +45,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 try:
@@ -59,8 +62,12 @@ from ._broker import Broker
 from ._codecs import Codec
 from ._deadletters import DeadLetter
 from ._jetstream_transport import JetStreamTransport
+from ._telemetry import Instrument
 
 __all__ = ("JetStreamBroker",)
+
+_CLOSE_ABANDONED = 1.0
+"""How long closing a connection that never opened may take, when opening was cancelled (s)."""
 
 _log = logging.getLogger("asyncpool")
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -96,6 +103,11 @@ class JetStreamBroker(Broker):
         retry: The retry policy of tasks that set none (default: none).
         max_deliver: The default most deliveries of a job.
         connect_options: Passed to `nats.connect` (credentials, TLS, ...).
+        instruments: `Instrument`s (`asyncpool.metrics.PrometheusMetrics`,
+            `asyncpool.tracing.OpenTelemetryTracing`, ...): told about every
+            job `serve()` runs and what it does with each delivery; a
+            tracing instrument's trace context travels with each job
+            `submit()` sends.
 
     Raises:
         TypeError, ValueError: a wrong argument; the message names it.
@@ -113,8 +125,9 @@ class JetStreamBroker(Broker):
         retry: Any = None,
         max_deliver: int = 5,
         connect_options: dict[str, Any] | None = None,
+        instruments: Sequence[Instrument] = (),
     ) -> None:
-        super().__init__(codec=codec, retry=retry, max_deliver=max_deliver)
+        super().__init__(codec=codec, retry=retry, max_deliver=max_deliver, instruments=instruments)
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(
                 f"name must be 1 to 32 letters, digits, '_' or '-' (it names streams), got {name!r}"
@@ -218,9 +231,12 @@ class JetStreamBroker(Broker):
             ) from exc
         except BaseException:
             # Cancelled, or refused its arguments: a client that may never
-            # have started cannot always close cleanly; what matters is the error.
+            # have started cannot always close cleanly, nor always promptly
+            # (cancelled between two attempts, nats-py's close() can wait
+            # for its reconnecting task): what matters is the error, at once.
             with contextlib.suppress(Exception):
-                await nc.close()
+                async with asyncio.timeout(_CLOSE_ABANDONED):
+                    await nc.close()
             raise
         try:
             transport = JetStreamTransport(self, nc, nc.jetstream())
@@ -271,19 +287,39 @@ class JetStreamBroker(Broker):
     async def requeue(self, letter: DeadLetter | str) -> None:
         """Send a dead letter's job back to its queue (its old terminal record is removed).
 
+        A job id names the latest dead letter with that id.
+
         Raises:
-            LookupError: no dead letter has that id.
+            LookupError: no dead letter has that id, or `letter` is gone
+                (deleted or requeued already).
         """
         self._check_open()
         if isinstance(letter, str):
-            matches = [d for d in await self.dead_letters() if d.id == letter]
-            if not matches:
-                raise LookupError(f"no dead letter has the id {letter!r}")
-            letter = matches[-1]
+            letter = await self._latest_dead_letter(letter)
         await self.transport.requeue(letter)
 
+    async def delete_dead_letter(self, letter: DeadLetter | str) -> None:
+        """Remove a dead letter for good: its job is not run again (its terminal record stays).
+
+        A job id names the latest dead letter with that id, as for `requeue`.
+
+        Raises:
+            LookupError: no dead letter has that id, or `letter` is gone
+                (deleted or requeued already).
+        """
+        self._check_open()
+        if isinstance(letter, str):
+            letter = await self._latest_dead_letter(letter)
+        await self.transport.delete_dead_letter(letter)
+
+    async def _latest_dead_letter(self, job_id: str) -> DeadLetter:
+        matches = [d for d in await self.dead_letters() if d.id == job_id]
+        if not matches:
+            raise LookupError(f"no dead letter has the id {job_id!r}")
+        return matches[-1]
+
     async def destroy(self) -> None:
-        """Delete everything this broker keeps on the server (jobs, records, dead letters).
+        """Delete all this broker keeps on the server (jobs, records, dead letters, statuses).
 
         Its watches stop first (they would look for the deleted streams every
         second); after this the broker is good only for closing. Workers still
@@ -296,7 +332,7 @@ class JetStreamBroker(Broker):
         for stream in (self.stream, self.dead_stream):
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await jsm.delete_stream(stream)
-        for bucket in (f"{self.name}_results", f"{self.name}_cancels"):
+        for bucket in (f"{self.name}_results", f"{self.name}_cancels", f"{self.name}_statuses"):
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await jsm.delete_key_value(bucket)
 

@@ -39,7 +39,9 @@ they are kept on Redis (all keys named `{<name>}:...`):
 * terminal records are keys with a TTL (`result_ttl`), written once, and
   pushed to the submitting process over pub/sub (which, after a lost
   connection, reads the records of every job it still awaits);
-* cancellation requests are a stream, dead letters another.
+* cancellation requests are a stream, dead letters another;
+* the workers' statuses (`transport.put_status()` / `statuses()`) are keys
+  with a TTL, found through a sorted set of worker names.
 
 Redis must keep what it is given: run it with persistence (`appendonly
 yes`; `appendfsync always` for no loss at all when it restarts) and
@@ -53,6 +55,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -70,6 +73,7 @@ from ._broker import Broker
 from ._codecs import Codec
 from ._deadletters import DeadLetter
 from ._redis_transport import LOST, RedisTransport
+from ._telemetry import Instrument
 
 __all__ = ("RedisBroker",)
 
@@ -130,6 +134,11 @@ class RedisBroker(Broker):
             (credentials, TLS, timeouts, ...); they win over the broker's
             defaults (`socket_connect_timeout=5`, and commands tried again
             for about 10 s on a lost connection).
+        instruments: `Instrument`s (`asyncpool.metrics.PrometheusMetrics`,
+            `asyncpool.tracing.OpenTelemetryTracing`, ...): told about every
+            job `serve()` runs and what it does with each delivery; a
+            tracing instrument's trace context travels with each job
+            `submit()` sends.
 
     Raises:
         TypeError, ValueError: a wrong argument; the message names it.
@@ -147,8 +156,9 @@ class RedisBroker(Broker):
         retry: Any = None,
         max_deliver: int = 5,
         connect_options: dict[str, Any] | None = None,
+        instruments: Sequence[Instrument] = (),
     ) -> None:
-        super().__init__(codec=codec, retry=retry, max_deliver=max_deliver)
+        super().__init__(codec=codec, retry=retry, max_deliver=max_deliver, instruments=instruments)
         if not isinstance(url, str) or not url:
             raise TypeError(f"url must be a Redis URL (redis://host:port/db), got {url!r}")
         if not isinstance(name, str) or not _NAME.match(name):
@@ -296,19 +306,39 @@ class RedisBroker(Broker):
     async def requeue(self, letter: DeadLetter | str) -> None:
         """Send a dead letter's job back to its lane (its old terminal record is removed).
 
+        A job id names the latest dead letter with that id.
+
         Raises:
-            LookupError: no dead letter has that id.
+            LookupError: no dead letter has that id, or `letter` is gone
+                (deleted or requeued already).
         """
         self._check_open()
         if isinstance(letter, str):
-            matches = [d for d in await self.dead_letters() if d.id == letter]
-            if not matches:
-                raise LookupError(f"no dead letter has the id {letter!r}")
-            letter = matches[-1]
+            letter = await self._latest_dead_letter(letter)
         await self.transport.requeue(letter)
 
+    async def delete_dead_letter(self, letter: DeadLetter | str) -> None:
+        """Remove a dead letter for good: its job is not run again (its terminal record stays).
+
+        A job id names the latest dead letter with that id, as for `requeue`.
+
+        Raises:
+            LookupError: no dead letter has that id, or `letter` is gone
+                (deleted or requeued already).
+        """
+        self._check_open()
+        if isinstance(letter, str):
+            letter = await self._latest_dead_letter(letter)
+        await self.transport.delete_dead_letter(letter)
+
+    async def _latest_dead_letter(self, job_id: str) -> DeadLetter:
+        matches = [d for d in await self.dead_letters() if d.id == job_id]
+        if not matches:
+            raise LookupError(f"no dead letter has the id {job_id!r}")
+        return matches[-1]
+
     async def destroy(self) -> None:
-        """Delete every key this broker keeps (jobs, records, dead letters).
+        """Delete every key this broker keeps (jobs, records, dead letters, statuses).
 
         Its listener stops first; after this the broker is good only for
         closing. Workers still serving the name elsewhere are not told: stop

@@ -21,6 +21,7 @@ from asyncpool._broker import OPTION_NAMES, Broker
 from asyncpool._codecs import JsonCodec, MsgpackCodec, PayloadError, PickleCodec
 from asyncpool._envelope import Envelope, Outcome
 from asyncpool._errors import RemoteJobError
+from asyncpool._lanes_info import LaneInfo
 from asyncpool._remote import error_record
 from asyncpool._tasks import JobClass, Task, UnknownTask
 from asyncpool._transport import Delivery
@@ -41,6 +42,7 @@ class MemoryTransport:
         self.watched: list[str] = []
         self.watching = asyncio.Event()
         self.fail_publish: BaseException | None = None
+        self.worker_statuses: dict[str, bytes] = {}
         self._watches: list[tuple[str, Deliver]] = []
 
     def watch_prefix(self, prefix: str, deliver: Deliver) -> None:
@@ -96,6 +98,18 @@ class MemoryTransport:
 
     async def dead_letter(self, delivery: Any, letter: dict[str, Any]) -> None:
         return None
+
+    async def lane_counts(self) -> list[LaneInfo]:
+        return [LaneInfo("normal", len(self.published), 0)]
+
+    async def put_status(self, worker: str, data: bytes, ttl: float) -> None:
+        self.worker_statuses[worker] = data  # no clock here: it never expires
+
+    async def statuses(self) -> list[bytes]:
+        return list(self.worker_statuses.values())
+
+    async def drop_status(self, worker: str) -> None:
+        self.worker_statuses.pop(worker, None)
 
 
 class MemoryBroker(Broker):

@@ -27,12 +27,13 @@ from tests.test_broker import MemoryBroker
 
 
 class LettersBroker(MemoryBroker):
-    """A broker that keeps dead letters in a list, and records what is requeued."""
+    """A broker that keeps dead letters in a list, and records what is requeued and deleted."""
 
     def __init__(self, *letters: DeadLetter) -> None:
         super().__init__()
         self.letters = list(letters) or [_letter("abc.1", "app.add"), _letter("abc.2", "app.mul")]
         self.requeued: list[DeadLetter] = []
+        self.deleted: list[DeadLetter] = []
 
     async def dead_letters(self) -> list[DeadLetter]:
         return list(self.letters)
@@ -41,9 +42,37 @@ class LettersBroker(MemoryBroker):
         assert isinstance(letter, DeadLetter), "the command line requeues the letter it chose"
         self.requeued.append(letter)
 
+    async def delete_dead_letter(self, letter: DeadLetter | str) -> None:
+        assert isinstance(letter, DeadLetter), "the command line deletes the letter it chose"
+        self.deleted.append(letter)
+
     @property
     def requeued_ids(self) -> list[str]:
         return [letter.id for letter in self.requeued]
+
+
+class RequeueOnlyBroker(MemoryBroker):
+    """A broker that lists and requeues dead letters, and cannot delete them."""
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        return [_letter("abc.1", "app.add")]
+
+    async def requeue(self, letter: DeadLetter | str) -> None:
+        raise AssertionError("not asked to requeue")
+
+
+class GoneSinceListedBroker(LettersBroker):
+    """A broker whose letter abc.1 is requeued or deleted elsewhere once it is listed."""
+
+    async def requeue(self, letter: DeadLetter | str) -> None:
+        if isinstance(letter, DeadLetter) and letter.id == "abc.1":
+            raise LookupError("no dead letter of 'abc.1' at sequence 7")
+        await super().requeue(letter)
+
+    async def delete_dead_letter(self, letter: DeadLetter | str) -> None:
+        if isinstance(letter, DeadLetter) and letter.id == "abc.1":
+            raise LookupError("no dead letter of 'abc.1' at sequence 7")
+        await super().delete_dead_letter(letter)
 
 
 class UnreachableBroker(MemoryBroker):
@@ -104,6 +133,8 @@ UNREACHABLE_LETTERS = UnreachableLettersBroker()
 SET_UP_OTHERWISE = SetUpOtherwiseBroker()
 LOST_WHILE_REQUEUEING = LostWhileRequeueingBroker()
 BUGGY = BuggyBroker()
+REQUEUE_ONLY = RequeueOnlyBroker()
+GONE_SINCE_LISTED = GoneSinceListedBroker()
 NOT_A_BROKER = {"a": 1}
 
 WORKER = "python -m asyncpool worker"
@@ -230,6 +261,7 @@ LETTERS = LettersBroker()
 @pytest.fixture
 def letters() -> LettersBroker:
     LETTERS.requeued.clear()
+    LETTERS.deleted.clear()
     return LETTERS
 
 
@@ -313,6 +345,69 @@ def test_dead_letters_cli_requeue_all_takes_the_latest_letter_of_each_id(
     assert main(argv) == 0
     assert sorted((d.id, d.seq) for d in TWICE_DEAD.requeued) == [("abc.1", 9), ("abc.2", 8)]
     assert capsys.readouterr().out == "requeued 2 job(s)\n"
+
+
+def test_dead_letters_cli_delete_without_ids_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """`dead-letters X delete` with neither ids nor --all: exit 2, one line."""
+    assert main(["dead-letters", "x", "delete"]) == 2
+    line = one_error_line(capsys.readouterr().err, DEAD)
+    assert line.endswith("delete needs job ids or --all")
+
+
+def test_dead_letters_cli_delete_id_takes_every_letter_of_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`delete ID` deletes every dead letter of that job (not only the latest); none is requeued."""
+    TWICE_DEAD.requeued.clear()
+    TWICE_DEAD.deleted.clear()
+    argv = ["dead-letters", "tests.test_worker_cli:TWICE_DEAD", "delete", "abc.1", "abc.1"]
+    assert main(argv) == 0
+    assert [(d.id, d.seq) for d in TWICE_DEAD.deleted] == [("abc.1", 7), ("abc.1", 9)]
+    assert TWICE_DEAD.requeued == []
+    assert capsys.readouterr().out == "deleted 2 dead letter(s)\n"
+
+
+def test_dead_letters_cli_delete_all_takes_every_letter(
+    letters: LettersBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`delete --all` deletes every dead letter and exits 0."""
+    assert main(["dead-letters", "tests.test_worker_cli:LETTERS", "delete", "--all"]) == 0
+    assert [d.id for d in letters.deleted] == ["abc.1", "abc.2"]
+    assert capsys.readouterr().out == "deleted 2 dead letter(s)\n"
+
+
+def test_dead_letters_cli_delete_unknown_id_exits_1(
+    letters: LettersBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Deleting an id that is no dead letter deletes the others, names it, and exits 1."""
+    argv = ["dead-letters", "tests.test_worker_cli:LETTERS", "delete", "zzz.9", "abc.2"]
+    assert main(argv) == 1
+    assert [d.id for d in letters.deleted] == ["abc.2"]
+    assert capsys.readouterr().out == "deleted 1 dead letter(s)\nno dead letter with id: zzz.9\n"
+
+
+def test_dead_letters_cli_delete_on_a_broker_that_cannot_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A broker that lists and requeues dead letters but cannot delete them: exit 2, one line."""
+    assert main(["dead-letters", "tests.test_worker_cli:REQUEUE_ONLY", "delete", "abc.1"]) == 2
+    assert "cannot delete dead letters" in one_error_line(capsys.readouterr().err, DEAD)
+
+
+@pytest.mark.parametrize(
+    ("action", "done"), [("requeue", "requeued 1 job(s)"), ("delete", "deleted 1 dead letter(s)")]
+)
+def test_dead_letters_cli_skips_a_letter_gone_since_it_was_listed(
+    action: str, done: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A letter requeued or deleted elsewhere meanwhile is skipped, not a traceback; exit 0."""
+    GONE_SINCE_LISTED.requeued.clear()
+    GONE_SINCE_LISTED.deleted.clear()
+    argv = ["dead-letters", "tests.test_worker_cli:GONE_SINCE_LISTED", action, "--all"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == f"{done}\n"
+    handled = GONE_SINCE_LISTED.requeued + GONE_SINCE_LISTED.deleted
+    assert [d.id for d in handled] == ["abc.2"]
 
 
 def test_dead_letters_cli_help_says_an_id_requeues_its_latest_letter(

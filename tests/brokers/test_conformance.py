@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
 from asyncpool import Dispatcher, JobState, Retry
 from asyncpool._envelope import Envelope
+from asyncpool._transport import STATUS_TTL_MAX
 from asyncpool.brokers import (
+    LaneInfo,
     MsgpackCodec,
     PickleCodec,
     RemoteJobError,
@@ -39,10 +41,34 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(30)
 
+T = TypeVar("T")
+
 
 def make_broker(engine: Engine, name: str, **options: Any) -> AnyBroker:
     """The engine's broker named `name`, with a 5 s lease unless `options` say otherwise."""
     return engine.broker(name, ack_wait=options.pop("ack_wait", 5), **options)
+
+
+async def until(read: Callable[[], Awaitable[T]], ok: Callable[[T], bool], within: float = 10) -> T:
+    """Read the server's state again until `ok(state)`: it changes and tells nobody (bounded)."""
+    deadline = time.monotonic() + within
+    while not ok(state := await read()):
+        assert time.monotonic() < deadline, f"still {state!r} after {within} s"
+        await asyncio.sleep(0.05)
+    return state
+
+
+def lane_rows(
+    high: tuple[int, int] = (0, 0),
+    normal: tuple[int, int] = (0, 0),
+    low: tuple[int, int] = (0, 0),
+    keys: tuple[int, int] = (0, 0),
+) -> list[LaneInfo]:
+    """What `broker.lanes()` says when each lane holds (waiting, running) and nothing is delayed."""
+    return [
+        LaneInfo(name, *counts)
+        for name, counts in (("high", high), ("normal", normal), ("low", low), ("keys", keys))
+    ]
 
 
 async def test_submit_returns_results_of_every_kind_of_task(
@@ -545,7 +571,166 @@ async def test_destroy_leaves_nothing_of_the_broker_on_its_server(
             await cancelled
         await broker.submit(tasks["record"], "queued", key="k", result=False)
         await broker.submit(tasks["record"], "queued")
+        await broker.transport.put_status("host:1", b"up", 60)
         assert [letter.id for letter in await broker.dead_letters()] == [failing.id]
         assert await engine.leftovers(broker_name) != []
         await broker.destroy()
     assert await engine.leftovers(broker_name) == []
+
+
+# -- what a dashboard reads: lanes, workers' statuses, dead letters -----------
+
+
+async def test_lanes_count_waiting_then_running_then_nothing(
+    engine: Engine, broker_name: str
+) -> None:
+    """Each lane counts its jobs waiting, then the one a worker holds as running, then none."""
+    gate = Gate()
+    async with make_broker(engine, broker_name) as broker:
+        tasks = register(broker, gate)
+        assert await broker.lanes() == lane_rows()
+        first = await broker.submit(tasks["record"], "high", priority=1)
+        keyed = await broker.submit(tasks["record"], "keyed", key="k")
+        low = await broker.submit(tasks["record"], "low", priority=-1)
+        held = [await broker.submit(tasks["wait"]) for _ in range(2)]
+        assert await broker.lanes() == lane_rows(
+            high=(1, 0), normal=(2, 0), low=(1, 0), keys=(1, 0)
+        )
+        # One worker: high, then the key lane, then normal, where it stays on a held job.
+        async with serving(broker, workers=1):
+            assert await first == "high"
+            assert await keyed == "keyed"
+            await gate.started.wait()
+            running = lane_rows(normal=(1, 1), low=(1, 0))
+            await until(broker.lanes, lambda rows: rows == running)
+            gate.release.set()
+            assert await asyncio.gather(*held, low) == ["released", "released", "low"]
+            await until(broker.lanes, lambda rows: rows == lane_rows())
+
+
+async def test_lanes_count_a_retry_waiting_out_its_backoff(
+    engine: Engine, broker_name: str
+) -> None:
+    """A job handed back with a backoff is counted, not waiting: delayed on Redis, running
+    on JetStream (its server keeps it delivered until then)."""
+    failed = asyncio.Event()
+    async with make_broker(engine, broker_name) as broker:
+
+        @broker.task(name="fails", retry=Retry(attempts=2, backoff=30, jitter=0))
+        async def fails() -> None:
+            failed.set()
+            raise ValueError("fails")
+
+        async with serving(broker) as reports:
+            await broker.submit(fails)
+            await failed.wait()
+        # serve has settled the failure: the job is handed back for 30 s.
+        assert reports[0].retried == 1
+        [high, normal, low, keys] = await broker.lanes()
+        assert (normal.name, normal.waiting, normal.running + normal.delayed) == ("normal", 0, 1)
+        if engine.kind == "redis":
+            assert normal.delayed == 1
+        else:
+            assert normal.running == 1
+        assert [high, low, keys] == [lane_rows()[0], *lane_rows()[2:]]
+
+
+async def test_lanes_and_dead_letter_deletion_need_an_open_broker(
+    machine_engine: Engine, broker_name: str
+) -> None:
+    """Counting lanes or deleting a dead letter through a broker that is not open says so."""
+    broker = make_broker(machine_engine, broker_name)
+    with pytest.raises(RuntimeError, match="not open"):
+        await broker.lanes()
+    with pytest.raises(RuntimeError, match="not open"):
+        await broker.delete_dead_letter("a.1")
+
+
+async def test_worker_status_is_listed_replaced_and_dropped(
+    engine: Engine, broker_name: str
+) -> None:
+    """A put status is listed (by any broker of the name), a put replaces it, a drop removes it."""
+    async with (
+        make_broker(engine, broker_name) as broker,
+        make_broker(engine, broker_name) as elsewhere,
+    ):
+        transport = broker.transport
+        assert await transport.statuses() == []
+        await transport.put_status("host-a:1", b"a first", 60)
+        await transport.put_status("host-b:2", b"b", 60)
+        assert sorted(await elsewhere.transport.statuses()) == [b"a first", b"b"]
+        await transport.put_status("host-a:1", b"a again", 60)
+        assert sorted(await transport.statuses()) == [b"a again", b"b"]
+        await elsewhere.transport.drop_status("host-a:1")
+        assert await transport.statuses() == [b"b"]
+        await transport.drop_status("host-a:1")  # gone already: no error
+        await transport.drop_status("host-b:2")
+        assert await transport.statuses() == []
+
+
+@pytest.mark.slow
+async def test_worker_status_expires_after_its_ttl(engine: Engine, broker_name: str) -> None:
+    """A status not put again within its TTL is gone by itself; a longer one stays."""
+    async with make_broker(engine, broker_name) as broker:
+        transport = broker.transport
+        put = time.monotonic()
+        await transport.put_status("killed:1", b"killed", 1)
+        await transport.put_status("alive:2", b"alive", 60)
+        assert sorted(await transport.statuses()) == [b"alive", b"killed"]
+        await until(transport.statuses, lambda found: found == [b"alive"])
+        assert time.monotonic() - put >= 0.5, "the status expired well before its 1 s TTL"
+        # Put again after it expired, it is back.
+        await transport.put_status("killed:1", b"restarted", 60)
+        assert sorted(await transport.statuses()) == [b"alive", b"restarted"]
+
+
+@pytest.mark.parametrize(
+    ("worker", "ttl", "error"),
+    [
+        ("host:1", 0, ValueError),
+        ("host:1", -1, ValueError),
+        ("host:1", STATUS_TTL_MAX + 1, ValueError),
+        ("host:1", float("nan"), ValueError),
+        ("host:1", "10", TypeError),
+        ("", 10, ValueError),
+        (None, 10, TypeError),
+    ],
+)
+async def test_worker_status_with_a_bad_ttl_or_name_is_refused(
+    machine_engine: Engine, broker_name: str, worker: Any, ttl: Any, error: type[Exception]
+) -> None:
+    """put_status refuses a TTL out of (0, STATUS_TTL_MAX] or an empty name; nothing is kept."""
+    async with make_broker(machine_engine, broker_name) as broker:
+        with pytest.raises(error):
+            await broker.transport.put_status(worker, b"status", ttl)
+        assert await broker.transport.statuses() == []
+
+
+async def test_deleted_dead_letter_is_gone_and_never_runs(engine: Engine, broker_name: str) -> None:
+    """A deleted dead letter is listed no more, cannot be requeued or deleted again, and its
+    job does not run again."""
+    gate = Gate()
+    async with make_broker(engine, broker_name) as broker:
+        tasks = register(broker, gate)
+        async with serving(broker):
+            dead = await broker.submit(tasks["flaky"], 5, retry=Retry(attempts=1))
+            with pytest.raises(RemoteJobError):
+                await dead
+            kept = await broker.submit(tasks["flaky"], 5, retry=Retry(attempts=1))
+            with pytest.raises(RemoteJobError):
+                await kept
+        [letter, kept_letter] = await broker.dead_letters()
+        assert (letter.id, kept_letter.id) == (dead.id, kept.id)
+        await broker.delete_dead_letter(dead.id)
+        assert await broker.dead_letters() == [kept_letter]
+        for gone in (dead.id, letter):
+            with pytest.raises(LookupError):
+                await broker.requeue(gone)
+            with pytest.raises(LookupError):
+                await broker.delete_dead_letter(gone)
+        await broker.delete_dead_letter(kept_letter)
+        assert await broker.dead_letters() == []
+        async with serving(broker):
+            # A later job in the same lane runs after anything requeued there.
+            assert await (await broker.submit(tasks["add"], 1, 1)) == 2
+        assert [job_id for job_id, _ in gate.runs] == [dead.id, kept.id, gate.runs[-1][0]]
