@@ -14,15 +14,18 @@ import abc
 import asyncio
 import itertools
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, Self, TypeVar, overload
 
 from ._codecs import Codec, JsonCodec, PayloadError, codec_named
 from ._envelope import RECORD_CODEC, Envelope, Outcome, check_remote_key, retry_numbers
+from ._joblog import PREVIEW, JobRecord
+from ._lanes_info import LaneInfo
 from ._options import check_retry, check_timeout
 from ._remote import ErrorTypes, RemoteHandle
 from ._retry import Retry
+from ._status import WorkerStatus
 from ._tasks import (
     JobClass,
     KeyOption,
@@ -32,6 +35,7 @@ from ._tasks import (
     check_defaults,
     job_arguments,
 )
+from ._telemetry import Instrument, check_instruments
 from ._transport import Transport
 
 if TYPE_CHECKING:
@@ -73,8 +77,14 @@ class Broker(abc.ABC):
     """What every broker shares; see `asyncpool.jetstream.JetStreamBroker`."""
 
     def __init__(
-        self, *, codec: str | Codec = "json", retry: Retry | None = None, max_deliver: int = 5
+        self,
+        *,
+        codec: str | Codec = "json",
+        retry: Retry | None = None,
+        max_deliver: int = 5,
+        instruments: Sequence[Instrument] = (),
     ) -> None:
+        self._instruments = check_instruments(instruments)
         self._codec = codec_named(codec)
         self._default_retry = check_retry(retry)
         if isinstance(max_deliver, bool) or not isinstance(max_deliver, int) or max_deliver < 1:
@@ -144,6 +154,11 @@ class Broker(abc.ABC):
     def registry(self) -> TaskRegistry:
         """The tasks this process registered."""
         return self._registry
+
+    @property
+    def instruments(self) -> tuple[Instrument, ...]:
+        """The instruments given to the constructor."""
+        return self._instruments
 
     @property
     def max_deliver(self) -> int:
@@ -378,6 +393,9 @@ class Broker(abc.ABC):
         result = options.get("result", True)
         if not isinstance(result, bool):
             raise TypeError(f"result must be a bool, got {result!r}")
+        carrier: dict[str, str] = {}
+        for instrument in self._instruments:
+            instrument.capture(carrier)
         return Envelope(
             id=f"{self._origin}.{next(self._counter)}",
             task=entry.name,
@@ -389,7 +407,23 @@ class Broker(abc.ABC):
             key=key,
             max_deliver=max_deliver,
             result=result,
+            trace=carrier or None,
         )
+
+    # -- what the broker holds ------------------------------------------
+
+    async def lanes(self) -> list[LaneInfo]:
+        """How many jobs each lane holds now: waiting, running, delayed (see `LaneInfo`).
+
+        One row per priority lane ("high", "normal", "low"), then one for
+        every key lane together ("keys"). Counted on the server, so it
+        covers every worker and producer of the broker's name.
+
+        Raises:
+            RuntimeError: the broker is not open.
+        """
+        self._check_open()
+        return await self.transport.lane_counts()
 
     # -- waiting for outcomes ------------------------------------------
 
@@ -461,6 +495,70 @@ class Broker(abc.ABC):
 
     # -- the worker side -----------------------------------------------
 
+    async def workers(self) -> list[WorkerStatus]:
+        """The workers serving this broker now, as their last heartbeats tell (by name).
+
+        A worker writes its status every second while it serves; a killed
+        one drops off within `asyncpool._status.STATUS_TTL` (10 s), one that
+        stops cleanly at once. A status that does not decode (a worker of
+        another version) is left out.
+
+        Raises:
+            RuntimeError: the broker is not open.
+        """
+        self._check_open()
+        found = []
+        for data in await self.transport.statuses():
+            try:
+                found.append(WorkerStatus.decode(data))
+            except ValueError:
+                continue
+        return sorted(found, key=lambda status: status.worker)
+
+    async def find_job(self, job_id: str) -> JobRecord | None:
+        """What is known of remote job `job_id`: from the workers' heartbeats, or its record.
+
+        A job a live worker holds or finished recently comes with its
+        arguments, times and worker; an older one that left a record (kept
+        for the broker's result TTL) comes with its state, attempts, and its
+        result or error; None when neither knows it.
+
+        Raises:
+            TypeError: `job_id` is not a str.
+            RuntimeError: the broker is not open.
+        """
+        if not isinstance(job_id, str):
+            raise TypeError(f"job_id must be a str, got {job_id!r}")
+        self._check_open()
+        best: JobRecord | None = None
+        for status in await self.workers():
+            for record in (*status.running, *status.recent):
+                if record.id == job_id and (best is None or _later(record, best)):
+                    best = record
+        if best is not None:
+            return best
+        data = await self.transport.read_outcome(job_id)
+        if data is None:
+            return None
+        outcome = self._decode_outcome(data)
+        state = "failed" if outcome.state == "dead" else outcome.state
+        result = None
+        if outcome.state == "succeeded":
+            result = _cut_repr(outcome.value)
+        return JobRecord(
+            id=job_id,
+            task="",
+            state=state,
+            attempts=outcome.attempts,
+            queued_at=None,
+            started_at=None,
+            finished_at=outcome.finished_at,
+            args="",
+            result=result,
+            error=_error_fields(outcome.error),
+            worker=outcome.worker or None,
+        )
+
     async def serve(
         self, dispatcher: Dispatcher, *, stop: asyncio.Event | None = None
     ) -> ServeReport:
@@ -488,3 +586,27 @@ class Broker(abc.ABC):
 
         self._check_open()
         return await Server(self, dispatcher, stop).run()
+
+
+def _later(a: JobRecord, b: JobRecord) -> bool:
+    """Whether record `a` tells a later moment of its job than `b`."""
+    return (a.finished_at or a.started_at or 0.0) > (b.finished_at or b.started_at or 0.0)
+
+
+def _cut_repr(value: Any) -> str:
+    text = repr(value)
+    return (
+        text
+        if len(text) <= PREVIEW
+        else f"{text[:PREVIEW]}… ({len(text) - PREVIEW} more characters)"
+    )
+
+
+def _error_fields(error: dict[str, Any] | None) -> dict[str, str] | None:
+    if error is None:
+        return None
+    return {
+        "type": str(error.get("type", "")),
+        "message": str(error.get("message", "")),
+        "traceback": str(error.get("traceback", "")),
+    }

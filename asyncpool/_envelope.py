@@ -88,25 +88,28 @@ class Envelope:
     max_deliver: int | None = None
     enqueued_at: float = dataclasses.field(default_factory=time.time)
     result: bool = True
+    trace: dict[str, str] | None = None
+    """What the submitter's instruments captured (a W3C trace context), or None."""
 
     def encode(self, codec: Codec) -> bytes:
-        """The envelope's bytes under `codec`."""
-        return codec.encode(
-            {
-                "v": FORMAT,
-                "id": self.id,
-                "task": self.task,
-                "args": self.args,
-                "kwargs": self.kwargs,
-                "timeout": self.timeout,
-                "retry": self.retry,
-                "priority": self.priority,
-                "key": self.key,
-                "max_deliver": self.max_deliver,
-                "at": self.enqueued_at,
-                "result": self.result,
-            }
-        )
+        """The envelope's bytes under `codec` (`trace` only when there is one)."""
+        fields = {
+            "v": FORMAT,
+            "id": self.id,
+            "task": self.task,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "timeout": self.timeout,
+            "retry": self.retry,
+            "priority": self.priority,
+            "key": self.key,
+            "max_deliver": self.max_deliver,
+            "at": self.enqueued_at,
+            "result": self.result,
+        }
+        if self.trace:
+            fields["trace"] = self.trace
+        return codec.encode(fields)
 
     @classmethod
     def decode(cls, data: bytes, codec: Codec) -> Envelope:
@@ -133,6 +136,7 @@ class Envelope:
                 max_deliver=raw.get("max_deliver"),
                 enqueued_at=_finite(_typed(raw, "at", (int, float)), "at"),
                 result=bool(_typed(raw, "result", bool)),
+                trace=_carrier(raw.get("trace")),
             )
             if env.timeout is not None:
                 check_timeout(env.timeout)
@@ -160,6 +164,18 @@ class Envelope:
             raise ValueError(f"retry attempts must be an int, got {attempts!r}")
         on = base.on if base is not None else Exception
         return Retry(attempts=attempts, on=on, **numbers)
+
+
+def _carrier(value: object) -> dict[str, str] | None:
+    """A trace carrier as sent, or None when there is none or it is not one.
+
+    A malformed carrier costs the job its parent span, not its run.
+    """
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return value
+    return None
 
 
 def _finite(value: float, name: str) -> float:

@@ -23,6 +23,13 @@ writing it) is acked without running again.
 
 While it holds a job, a lease keeper extends its lease every third of the
 ack wait: a long job on a live worker is never redelivered.
+
+While it serves, it writes the worker's status (a heartbeat: its
+dispatcher's counters, the jobs it holds and its recent jobs, from a
+`JobLog` of its own) every second; the dashboard reads them through
+`broker.workers()`. The broker's instruments are told about every job it
+runs (with the job's id, lane and the submitter's trace context) and about
+what it does with each delivery (`BrokerEvent`).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import asyncio
 import base64
 import dataclasses
 import functools
+import itertools
 import logging
 import os
 import socket
@@ -42,8 +50,11 @@ from ._codecs import Codec, PayloadError, codec_named
 from ._envelope import RECORD_CODEC, Envelope, Outcome
 from ._errors import DispatcherClosed
 from ._handle import JobHandle
+from ._heartbeat import RECENT, Heartbeat
+from ._joblog import JobLog
 from ._remote import JobInfo, error_record, set_current_job
 from ._tasks import JobClass, Task, UnknownTask
+from ._telemetry import BrokerEvent, BrokerEventKind, Origin
 from ._transport import Delivery
 
 if TYPE_CHECKING:
@@ -56,6 +67,8 @@ __all__ = ("ServeReport", "Server")
 logger = logging.getLogger("asyncpool")
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+_servers = itertools.count(1)
 
 
 @dataclasses.dataclass(slots=True)
@@ -154,6 +167,18 @@ class Server:
         self._quiet.set()
         self._settles: asyncio.TaskGroup | None = None
         self.report = ServeReport()
+        n = next(_servers)
+        # Two serve() calls in one process are two workers on the dashboard.
+        self._worker = WORKER_NAME if n == 1 else f"{WORKER_NAME}#{n}"
+        self._log = JobLog(keep=RECENT * 4, worker=self._worker)
+        self._instruments = (*broker.instruments, self._log)
+        for instrument in broker.instruments:
+            # The worker's dispatcher is the one its metrics read.
+            if instrument not in dispatcher.instruments:
+                instrument.bind(dispatcher)
+        self._heartbeat = Heartbeat(
+            self._transport, self._worker, dispatcher, self._log, self._served, self._by_id.keys
+        )
 
     async def run(self) -> ServeReport:
         transport = self._transport
@@ -161,6 +186,7 @@ class Server:
             self._settles = settles
             async with asyncio.TaskGroup() as helpers:
                 keeper = helpers.create_task(self._keep_leases())
+                heartbeat = helpers.create_task(self._heartbeat.run())
                 caught_up = asyncio.Event()
                 watcher = helpers.create_task(
                     transport.watch_cancels(self._cancel_requested, caught_up.set)
@@ -194,6 +220,8 @@ class Server:
                     await self._quiet.wait()
                     keeper.cancel()
                     watcher.cancel()
+                    heartbeat.cancel()
+                    await self._heartbeat.stop()
         return self.report
 
     # -- taking --------------------------------------------------------
@@ -230,8 +258,10 @@ class Server:
                 codec = codec_named(delivery.codec_name)
             envelope = Envelope.decode(delivery.data, codec)
         except (PayloadError, TypeError, ValueError, ImportError) as exc:
+            self._fetched(delivery, None)
             await self._refuse(delivery, None, "undecodable", exc)
             return
+        self._fetched(delivery, envelope.task)
         try:
             entry = broker.registry.named(envelope.task)
         except UnknownTask as exc:
@@ -241,11 +271,13 @@ class Server:
         if envelope.id in self._cancelled:
             self.report.skipped += 1
             await delivery.ack()
+            self._event("acked", delivery, envelope.task)
             return
         if delivery.attempt > 1 and await self._transport.read_outcome(envelope.id) is not None:
             # Its worker died after writing the record, before the ack.
             self.report.skipped += 1
             await delivery.ack()
+            self._event("acked", delivery, envelope.task)
             return
         if delivery.attempt > max_deliver:
             await self._refuse(
@@ -271,7 +303,22 @@ class Server:
         if timeout is not None:
             options["timeout"] = timeout
         self._hold(held)
-        held.handle = intake.put(target, observer=held, **options)
+        origin = Origin(
+            envelope.id,
+            envelope.task,
+            delivery.lane,
+            delivery.attempt,
+            envelope.args,
+            envelope.kwargs,
+        )
+        held.handle = intake.put(
+            target,
+            observer=held,
+            origin=origin,
+            carrier=envelope.trace,
+            instruments=self._instruments,
+            **options,
+        )
 
     def _target(self, info: JobInfo, envelope: Envelope, entry: Task[Any, Any] | JobClass) -> Any:
         if isinstance(entry, Task):
@@ -350,6 +397,7 @@ class Server:
                 ):
                     report.retried += 1
                     delay = policy.delay(attempt)
+                    self._log.mark(envelope.id, "retrying")
                 else:
                     report.failed += 1
                     error = error_record(exc)
@@ -378,9 +426,11 @@ class Server:
                 return
             if letter is not None:
                 await transport.dead_letter(delivery, letter)
+                self._event("dead_lettered", delivery, held.envelope.task)
             # The record is not written when one exists: a remote cancel won
             # the race; it stands.
             await transport.finish(delivery, held.envelope.id, record)
+            self._event("acked", delivery, held.envelope.task)
         except Exception:
             # The broker redelivers what was not acked once its lease runs
             # out: at-least-once holds; the job may run again.
@@ -423,7 +473,9 @@ class Server:
                     if envelope is not None:
                         raise
                     logger.warning("asyncpool: no record for %r (not a job id)", job_id)
+            self._event("dead_lettered", delivery, envelope.task if envelope else None)
             await delivery.ack()
+            self._event("acked", delivery, envelope.task if envelope else None)
         except Exception:
             logger.exception("asyncpool: could not store a dead letter")
 
@@ -450,10 +502,38 @@ class Server:
             for held in list(self._held):
                 try:
                     await held.delivery.extend()
+                    self._event("lease_extended", held.delivery, held.envelope.task)
                 except Exception:
                     logger.exception(
                         "asyncpool: could not extend the lease of %s", held.envelope.id
                     )
+
+    # -- what is seen from outside ------------------------------------
+
+    def _fetched(self, delivery: Delivery, task: str | None) -> None:
+        self._event("fetched", delivery, task)
+        if delivery.attempt > 1:
+            self._event("redelivered", delivery, task)
+
+    def _event(self, kind: BrokerEventKind, delivery: Delivery, task: str | None) -> None:
+        """Tell the broker's instruments what was done with `delivery`."""
+        if not self._instruments:
+            return
+        event = BrokerEvent(kind, self._dispatcher.name or "", task, delivery.lane)
+        for instrument in self._instruments:
+            instrument.broker_event(event)
+
+    def _served(self) -> dict[str, int]:
+        report = self.report
+        return {
+            "taken": report.taken,
+            "succeeded": report.succeeded,
+            "retried": report.retried,
+            "failed": report.failed,
+            "refused": report.refused,
+            "skipped": report.skipped,
+            "cancelled": report.cancelled,
+        }
 
     def _cancel_requested(self, job_id: str) -> None:
         self._cancelled.add(job_id)

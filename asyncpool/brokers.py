@@ -8,7 +8,8 @@ the engine-neutral names a program uses with any of them:
 * `current_job()` / `JobInfo`: inside a running remote job, which job and
   which attempt it is.
 * `Codec`, `JsonCodec`, `MsgpackCodec`, `PickleCodec`, `PayloadError`.
-* `DeadLetter`, `Outcome`, `ServeReport`, `Task`, and `Broker` (the base class).
+* `DeadLetter`, `LaneInfo` (what `broker.lanes()` counts), `Outcome`,
+  `ServeReport`, `Task`, and `Broker` (the base class).
 
 This submodule is never imported by `asyncpool` itself.
 """
@@ -20,8 +21,10 @@ from ._codecs import Codec, JsonCodec, MsgpackCodec, PayloadError, PickleCodec
 from ._deadletters import DeadLetter
 from ._envelope import Outcome
 from ._errors import RemoteJobError
+from ._lanes_info import LaneInfo
 from ._remote import JobInfo, RemoteHandle, current_job
 from ._serve import ServeReport
+from ._status import WorkerStatus
 from ._tasks import Task
 
 __all__ = (
@@ -30,6 +33,7 @@ __all__ = (
     "DeadLetter",
     "JobInfo",
     "JsonCodec",
+    "LaneInfo",
     "MsgpackCodec",
     "Outcome",
     "PayloadError",
@@ -38,5 +42,6 @@ __all__ = (
     "RemoteJobError",
     "ServeReport",
     "Task",
+    "WorkerStatus",
     "current_job",
 )
