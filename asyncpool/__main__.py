@@ -1,10 +1,12 @@
-"""The command line: `python -m asyncpool demo|demo-cluster|worker|dead-letters`, `asyncpool-demo`.
+"""The command line: `python -m asyncpool demo|demo-cluster|worker|dead-letters|dashboard`.
 
 This module owns the arguments, the choice of event loop, and the rule that
 bad input is a one-line message on stderr and exit status 2, never a
 traceback. The demo itself lives in `asyncpool/_demo.py`, the cluster demo
 in `asyncpool/_cluster_demo.py`; the worker and the dead-letter commands in
-`asyncpool/_worker.py`.
+`asyncpool/_worker.py`; the dashboard command in `asyncpool/_dashboard_cli.py`
+(its arguments and exit status are its own). The `asyncpool-demo` script is
+the `demo` command.
 
 An expected failure is one line too, `<prog>: error: <message>`, with exit
 status 1: for `worker` and `dead-letters`, a broker that does not open (no
@@ -20,9 +22,10 @@ reported, not fatal), 1 if a job raised, 2 for bad input or a missing
 optional dependency, 130 when interrupted. `worker` exits 0 after a
 graceful stop (SIGTERM or SIGINT), 1 if serving failed or the server was
 unreachable as it stopped (the jobs it held are redelivered after their
-lease), 2 for bad input, 130 if interrupted before it began serving.
-`dead-letters` exits 0; 1 when an id to requeue is not a dead letter or the
-server failed; 2 for bad input; 130 when interrupted.
+lease), 2 for bad input (a `--metrics-port` without the `metrics` extra
+too), 130 if interrupted before it began serving. `dead-letters` exits 0;
+1 when an id to requeue or delete is not a dead letter or the server
+failed; 2 for bad input; 130 when interrupted.
 `demo-cluster` exits 0 when every job is accounted for (a result, checked),
 1 if any is not or the cluster did not start, 2 for bad input or a missing
 optional dependency (rich, nats-py, the nats-server binary), 130 when
@@ -164,28 +167,56 @@ def build_parser(prog: str = "python -m asyncpool") -> argparse.ArgumentParser:
     worker.add_argument(
         "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop"
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help=(
+            "serve Prometheus metrics at http://HOST:PORT/metrics (extra 'metrics'; give "
+            "the broker instruments=[PrometheusMetrics()] for asyncpool's own)"
+        ),
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address of --metrics-port (default: 127.0.0.1)",
+    )
     worker.set_defaults(prog=f"{prog} worker")
     dead = commands.add_parser(
         "dead-letters",
-        help="list a broker's dead letters, or requeue them",
+        help="list a broker's dead letters, or requeue or delete them",
         description=(
-            "List the dead letters of MODULE:BROKER, or requeue some (by job id) or all. "
-            "A job id requeues the latest dead letter with that id (as broker.requeue(id) "
-            "does); --all requeues the latest dead letter of every id."
+            "List the dead letters of MODULE:BROKER, or requeue or delete some (by job id) "
+            "or all. A job id requeues the latest dead letter with that id (as "
+            "broker.requeue(id) does); --all requeues the latest dead letter of every id. "
+            "delete removes every dead letter of each id (or, with --all, every one): "
+            "those jobs never run again."
         ),
     )
     dead.add_argument("broker", metavar="MODULE:BROKER", help="e.g. app.tasks:broker")
-    dead.add_argument("action", choices=("list", "requeue"), nargs="?", default="list")
+    dead.add_argument("action", choices=("list", "requeue", "delete"), nargs="?", default="list")
     dead.add_argument(
         "ids",
         nargs="*",
         metavar="ID",
-        help="job ids to requeue (the latest dead letter of each), or --all",
+        help="job ids to requeue (the latest dead letter of each) or delete, or --all",
     )
     dead.add_argument(
-        "--all", action="store_true", help="requeue every job (the latest dead letter of each id)"
+        "--all",
+        action="store_true",
+        help="requeue every job (the latest dead letter of each id), or delete every letter",
     )
     dead.set_defaults(prog=f"{prog} dead-letters")
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve a web dashboard of a broker (see 'dashboard --help')",
+        add_help=False,
+        description="Serve a web dashboard of MODULE:BROKER (see 'dashboard --help').",
+    )
+    dashboard.add_argument("arguments", nargs=argparse.REMAINDER)
+    dashboard.set_defaults(prog=f"{prog} dashboard")
     return parser
 
 
@@ -208,6 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     # The console script points here too, and has no command word to type:
     # `asyncpool-demo --workers 4`. The name may carry ".exe" or "-script.py".
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["dashboard"]:
+        # Its arguments are its own parser's (argparse's REMAINDER would
+        # refuse a leading option such as --help).
+        from ._dashboard_cli import main as dashboard_main
+
+        return dashboard_main(given[1:])
     if argv is None and os.path.basename(sys.argv[0]).startswith(_DEMO_SCRIPT):
         args = _build_demo_script_parser().parse_args()
     else:
@@ -219,6 +257,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "command", "demo") == "demo-cluster":
         return _run_cluster_demo(args)
     return _run_demo(args)
+
+
+def _serve_metrics(prog: str, host: str, port: int) -> int | None:
+    """Start prometheus_client's /metrics server (a daemon thread); an exit status if it cannot."""
+    if not 0 <= port <= 65535:
+        print(f"{prog}: error: --metrics-port must be 0 to 65535, got {port}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        from prometheus_client import start_http_server
+    except ImportError:
+        print(
+            f"{prog}: error: --metrics-port needs prometheus_client: "
+            "pip install 'asyncpool-dispatch[metrics]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:
+        print(f"{prog}: error: cannot serve metrics at {host}:{port}: {exc}", file=sys.stderr)
+        return EXIT_FAILED_JOBS
+    print(f"{prog}: metrics at http://{host}:{port}/metrics", file=sys.stderr)
+    return None
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -245,6 +306,10 @@ def _run_worker(args: argparse.Namespace) -> int:
     except (WorkerUsageError, ImportError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.metrics_port is not None:
+        status = _serve_metrics(prog, args.metrics_host, args.metrics_port)
+        if status is not None:
+            return status
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(run_worker(broker, workers=args.workers, grace=args.grace, out=sys.stderr))
@@ -262,8 +327,8 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
     from ._worker import WorkerFailure, WorkerUsageError, load_broker, run_dead_letters
 
     ids: list[str] = ["--all"] if args.all else list(args.ids)
-    if args.action == "requeue" and not ids:
-        print(f"{prog}: error: requeue needs job ids or --all", file=sys.stderr)
+    if args.action in ("requeue", "delete") and not ids:
+        print(f"{prog}: error: {args.action} needs job ids or --all", file=sys.stderr)
         return EXIT_USAGE
     try:
         broker = load_broker(args.broker)
