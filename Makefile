@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: signatures demo demo-cluster bench-distributed test lint typecheck pytest docs bench bench-instructions bench-peers soak stress load clean
+.PHONY: signatures demo demo-cluster bench-distributed test lint typecheck pytest docs dashboard-screenshots bench bench-instructions bench-peers soak stress load clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +36,19 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
+	@sh tools/ensure_chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 docs: $(STAMP)
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+# The dashboard's pictures in docs/howto/watch-your-pool.md (docs/_static/dashboard-*.png):
+# the browser tests, saving each page they show at 1280x800. Needs Chromium
+# (apt-get install chromium) and NATS JetStream on 127.0.0.1:4222 (or the
+# venv's nats-server).
+dashboard-screenshots: $(STAMP)
+	@sh tools/ensure_chromium.sh
+	ASYNCPOOL_SCREENSHOTS=docs/_static $(BIN)/python -m pytest tests/brokers/test_dashboard_browser.py -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
