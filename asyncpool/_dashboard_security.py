@@ -11,7 +11,12 @@ POST that must pass three checks, any failure a 403 with one short line:
    without it, so the token does not stay in the address bar, the history
    or a `Referer`. A POST is accepted only if its cookie equals the token
    (`hmac.compare_digest`). SameSite=Strict keeps the browser from sending
-   the cookie with a request another site starts.
+   the cookie with a request another site starts. Browsers keep cookies
+   per host, not per port, so the cookie's name depends on the token
+   (`cookie_name`): two dashboards on one host (one per broker, each on
+   its port) keep a session each instead of overwriting one cookie. It
+   also means any page served from another port of the same host receives
+   the cookie: the token is only as private as the machine's local users.
 2. **A CSRF field.** Each form carries `csrf`, an HMAC-SHA256 of the token,
    rendered into the page only for a visitor whose cookie is good. Another
    site can neither read it (the same-origin policy) nor compute it
@@ -44,21 +49,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = (
     "CONTENT_SECURITY_POLICY",
-    "COOKIE_NAME",
+    "COOKIE_PREFIX",
     "CSRF_FIELD",
     "Form",
     "Guard",
     "HostCheck",
     "LOOPBACK_HOSTS",
     "SecurityHeaders",
+    "cookie_name",
     "host_name",
     "new_token",
     "read_form",
     "refused",
 )
 
-COOKIE_NAME: Final = "asyncpool_dashboard"
-"""The cookie that carries the token."""
+COOKIE_PREFIX: Final = "asyncpool_dashboard_"
+"""How the name of the cookie that carries the token starts (see `cookie_name`)."""
 
 CSRF_FIELD: Final = "csrf"
 """The form field that carries the CSRF value."""
@@ -83,6 +89,16 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def cookie_name(token: str) -> str:
+    """The name of the cookie that carries `token`: `COOKIE_PREFIX` and 12 hex digits of its hash.
+
+    Browsers ignore the port for cookies: dashboards on one host with one
+    name would overwrite each other's cookie. A hash names it without
+    telling the token (a cookie's name is sent with its value anyway).
+    """
+    return COOKIE_PREFIX + hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
+
+
 def refused(reason: str) -> PlainTextResponse:
     """The 403 of a refused action: one short line, nothing of the request echoed."""
     return PlainTextResponse(f"403 Forbidden: {reason}\n", status_code=403)
@@ -91,7 +107,7 @@ def refused(reason: str) -> PlainTextResponse:
 class Guard:
     """Checks the token and CSRF value of requests to one dashboard."""
 
-    __slots__ = ("_token", "csrf")
+    __slots__ = ("_token", "csrf", "cookie")
 
     def __init__(self, token: str) -> None:
         if not isinstance(token, str):
@@ -104,6 +120,8 @@ class Guard:
             )
         self._token = token.encode("ascii")
         self.csrf: str = hmac.new(self._token, _CSRF_CONTEXT, hashlib.sha256).hexdigest()
+        self.cookie: str = cookie_name(token)
+        """The name of the cookie that carries the token."""
 
     def __repr__(self) -> str:
         return "<Guard token=…>"  # never the token itself: reprs end up in logs
@@ -115,7 +133,7 @@ class Guard:
 
     def signed_in(self, request: Request) -> bool:
         """Whether the request carries the token in its cookie."""
-        return self._is_token(request.cookies.get(COOKIE_NAME))
+        return self._is_token(request.cookies.get(self.cookie))
 
     def sign_in(self, request: Request) -> Response | None:
         """Answer a GET with `?token=`: set the cookie and redirect without it (None otherwise).
@@ -134,7 +152,7 @@ class Guard:
         target = request.url.path + (f"?{query}" if query else "")
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
-            COOKIE_NAME,
+            self.cookie,
             self._token.decode("ascii"),
             path=_cookie_path(request),
             httponly=True,

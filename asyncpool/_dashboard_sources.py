@@ -11,8 +11,8 @@ lately). Anything else that implements `Source` can be shown too.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from ._codecs import Codec
@@ -24,21 +24,30 @@ if TYPE_CHECKING:
     from ._dispatcher import Dispatcher
     from ._status import WorkerStatus
 
-__all__ = ("RATE_WINDOW", "BrokerSource", "LaneRow", "LocalSource", "Source", "WorkerRow")
+__all__ = (
+    "FORGET_AFTER",
+    "RATE_WINDOW",
+    "BrokerSource",
+    "LaneRow",
+    "LocalSource",
+    "Source",
+    "WorkerRow",
+)
 
 RATE_WINDOW: Final = 10.0
 """The seconds over which a lane's rate is taken."""
-
-# How many of a local pool's records the lane rate looks at: past that many
-# jobs per RATE_WINDOW, the rate shown is a lower bound (the chart is exact).
-_RATE_RECORDS: Final = 1_000
 
 # Every open page polls each second; several pages share one read of the
 # workers' heartbeats (written once a second anyway).
 _STATUS_CACHE: Final = 0.5
 
-_PRIORITY_LANES: Final = frozenset({"high", "normal", "low"})
-_SEPARATORS: Final = re.compile(r"[_.:]")
+FORGET_AFTER: Final = 900.0
+"""How long a broker's finished count remembers a worker it no longer sees (seconds).
+
+Longer than the chart's ten minutes, so a worker away for a moment is not
+counted from a new baseline when it is back; not forever, so restarts
+(each a new "host:pid") do not grow what is remembered without end.
+"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -159,32 +168,18 @@ class Source(Protocol):
         ...
 
 
-def lane_named(lane: str | None) -> str | None:
-    """The `LaneInfo` name of a record's lane: "high", "normal", "low", "keys", or None.
+def lane_rate(records: list[JobRecord], lane: str, now: float) -> float:
+    """Jobs of `lane` among `records` finished per second over `RATE_WINDOW`.
 
-    Records name the engine's own stream or consumer ("app_high",
-    "asyncpool:app:lane:high", "app_key_3"); `broker.lanes()` sums every
-    key lane into one row, "keys".
+    A remote job's record names its lane as its delivery did (`Delivery.lane`:
+    "high", "normal", "low", or "keys" for every key lane), which is the name
+    `broker.lanes()` gives its row: the names are compared as they are.
     """
-    if lane is None:
-        return None
-    parts = _SEPARATORS.split(lane)
-    if parts[-1] in _PRIORITY_LANES:
-        return parts[-1]
-    if "key" in parts or "keys" in parts:
-        return "keys"
-    return lane
-
-
-def lane_rate(records: list[JobRecord], lane: str | None, now: float) -> float:
-    """Jobs of `lane` (any, if None) among `records` finished per second over `RATE_WINDOW`."""
     since = now - RATE_WINDOW
     count = sum(
         1
         for r in records
-        if r.finished_at is not None
-        and r.finished_at >= since
-        and (lane is None or lane_named(r.lane) == lane)
+        if r.finished_at is not None and r.finished_at >= since and r.lane == lane
     )
     return count / RATE_WINDOW
 
@@ -224,8 +219,12 @@ class LocalSource:
 
     async def lanes(self) -> list[LaneRow]:
         stats = self._dispatcher.stats()
-        rate = lane_rate(self._log.records(limit=_RATE_RECORDS), None, time.time())
-        return [LaneRow("local", stats.queued, stats.busy, 0, rate)]
+        # Every open page asks this once a second, on the dispatcher's own
+        # loop: finish times only, never records (each would repr a job's
+        # arguments). Past the log's `keep` jobs per RATE_WINDOW the rate is
+        # a lower bound (the chart is exact).
+        finished = self._log.finished_times(time.time() - RATE_WINDOW)
+        return [LaneRow("local", stats.queued, stats.busy, 0, len(finished) / RATE_WINDOW)]
 
     async def workers(self) -> list[WorkerRow]:
         stats = self._dispatcher.stats()
@@ -284,18 +283,29 @@ class BrokerSource:
         cache_for: Seconds one read of the workers' heartbeats serves
             (every open page polls each second; they are written once a
             second anyway).
+        clock: The monotonic clock (seconds) for that cache and for when
+            a worker was last seen.
     """
 
-    __slots__ = ("_broker", "_cache_for", "_statuses", "_seen", "_finished")
+    __slots__ = ("_broker", "_cache_for", "_clock", "_statuses", "_seen", "_finished")
 
-    def __init__(self, broker: Broker, *, cache_for: float = _STATUS_CACHE) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        cache_for: float = _STATUS_CACHE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._broker = broker
         self._cache_for = cache_for
+        self._clock = clock
         self._statuses: tuple[float, list[WorkerStatus]] | None = None
-        # Each worker's last heartbeat seen (its time, its finished count):
-        # the total grows by what each one finished since, so a worker that
-        # leaves (or restarts and counts from 0) never makes it go down.
-        self._seen: dict[str, tuple[float, int]] = {}
+        # Each worker's last heartbeat counted (its time, its finished
+        # count) and when it was last seen (`clock`): the total grows by
+        # what each one finished since, so a worker that leaves (or
+        # restarts and counts from 0) never makes it go down. A worker
+        # not seen for FORGET_AFTER is forgotten.
+        self._seen: dict[str, tuple[float, int, float]] = {}
         self._finished = 0
 
     def __repr__(self) -> str:
@@ -320,7 +330,7 @@ class BrokerSource:
         return engine
 
     async def _heartbeats(self) -> list[WorkerStatus]:
-        now = time.monotonic()
+        now = self._clock()
         if self._statuses is not None and now - self._statuses[0] < self._cache_for:
             return self._statuses[1]
         statuses = await self._broker.workers()
@@ -341,15 +351,22 @@ class BrokerSource:
         return [_worker_row(status) for status in await self._heartbeats()]
 
     async def finished(self) -> int:
-        for row in await self.workers():
-            before = self._seen.get(row.name)
+        rows = await self.workers()
+        now = self._clock()
+        seen = self._seen
+        for row in rows:
+            before = seen.get(row.name)
             # Two reads that overlap may finish out of order: a heartbeat
             # older than the one already counted is skipped, not counted twice.
             if before is not None and row.heartbeat_at <= before[0]:
+                seen[row.name] = (before[0], before[1], now)
                 continue
             if before is not None:
                 self._finished += max(0, row.finished - before[1])
-            self._seen[row.name] = (row.heartbeat_at, row.finished)
+            seen[row.name] = (row.heartbeat_at, row.finished, now)
+        gone = [name for name, (_, _, last) in seen.items() if now - last > FORGET_AFTER]
+        for name in gone:
+            del seen[name]
         return self._finished
 
     async def jobs(self, state: str | None = None, limit: int = 100) -> list[JobRecord]:

@@ -11,6 +11,7 @@ under a prefix. Reading never changes anything; the actions are POSTs, in
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 import urllib.parse
 from pathlib import Path
@@ -56,6 +57,11 @@ LETTERS_SHOWN: Final = 500
 
 JOBS_LIMIT: Final = 1_000
 """The most jobs a list shows (`?limit=`, 100 by default)."""
+
+# A count in a query: ASCII digits only, and few of them. `str.isdigit()`
+# also accepts "²" and other digits `int()` refuses, and `int()` refuses
+# strings of more than 4,300 digits: either way a 500 for a typed URL.
+_COUNT: Final = re.compile(r"[0-9]{1,6}")
 
 # Notices after an action: fixed texts chosen by a code in the redirect's
 # query, so that nothing a URL carries is ever written into the page.
@@ -123,15 +129,19 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+def query_count(request: Request, name: str, default: int) -> int:
+    """The query's `name` as a count (up to six ASCII digits), or `default` if it is not one."""
+    text = request.query_params.get(name, "")
+    return int(text) if _COUNT.fullmatch(text) else default
+
+
 def _notice(request: Request) -> str | None:
     template = _NOTICES.get(request.query_params.get("notice", ""))
     if template is None:
         return None
-    n = request.query_params.get("n", "0")
-    missing = request.query_params.get("missing", "0")
-    text = template.format(n=int(n) if n.isdigit() else 0)
-    if missing.isdigit() and int(missing):
-        text += f" {int(missing)} were gone already (requeued or deleted elsewhere)."
+    text = template.format(n=query_count(request, "n", 0))
+    if missing := query_count(request, "missing", 0):
+        text += f" {missing} were gone already (requeued or deleted elsewhere)."
     return text
 
 
@@ -189,8 +199,7 @@ class Dashboard:
             return PlainTextResponse(
                 f"400: state must be one of {', '.join(STATES)}\n", status_code=400
             )
-        limit_text = request.query_params.get("limit", "100")
-        limit = min(int(limit_text), JOBS_LIMIT) if limit_text.isdigit() else 100
+        limit = min(query_count(request, "limit", 100), JOBS_LIMIT)
         records = await self.source.jobs(state, limit)
         return self.render(request, "jobs.html", page="jobs", records=records, state=state)
 

@@ -74,6 +74,21 @@ async def echo(value: object) -> object:
     return value
 
 
+async def take(value: object) -> None:
+    """A job that keeps nothing of its argument (its result is None)."""
+
+
+class Counted:
+    """An argument that counts how many times it is repr'd."""
+
+    def __init__(self) -> None:
+        self.reprs = 0
+
+    def __repr__(self) -> str:
+        self.reprs += 1
+        return "Counted()"
+
+
 # -- construction ---------------------------------------------------------
 
 
@@ -182,6 +197,36 @@ async def test_overview_counts_finished_jobs(pool: tuple[Dispatcher, JobLog]) ->
     assert "innerHTML" not in script.text
 
 
+async def test_overview_polls_make_no_job_records(pool: tuple[Dispatcher, JobLog]) -> None:
+    """The local lane's rate reads finish times only: a poll never reprs a job's arguments."""
+    dispatcher, _ = pool
+    argument = Counted()
+    await guarded(await dispatcher.submit(take, argument))
+    async with serving(create_app(dispatcher, token=TOKEN)) as client:
+        page = (await client.get("/")).text
+        polls = [(await client.get("/api/overview")).json() for _ in range(3)]
+        assert argument.reprs == 0
+        assert 'data-field="rate">0.1/s<' in page
+        assert [poll["lanes"][0]["rate"] for poll in polls] == ["0.1/s"] * 3
+        await client.get("/jobs")  # the jobs list does show the arguments
+    assert argument.reprs == 1
+
+
+async def test_overview_labels_say_succeeded_and_failed_count_live_workers(
+    pool: tuple[Dispatcher, JobLog],
+) -> None:
+    """The Succeeded and Failed totals add up live workers' counts, and their labels say so."""
+    dispatcher, _ = pool
+    async with serving(create_app(dispatcher, token=TOKEN)) as client:
+        page = (await client.get("/")).text
+    by_field = {
+        field: label
+        for label, field in re.findall(r'<dt>([^<]*)</dt><dd data-testid="stat-(\w+)"', page)
+    }
+    assert by_field["succeeded"] == "Succeeded (live workers)"
+    assert by_field["failed"] == "Failed (live workers)"
+
+
 async def test_overview_escapes_the_dispatchers_name() -> None:
     """A name with markup is text on the page (and plain data in the JSON)."""
     log = JobLog()
@@ -226,6 +271,43 @@ async def test_jobs_page_lists_newest_first_and_filters_by_state(
     ]
     assert 'data-testid="no-jobs"' in only_cancelled
     assert unknown.status_code == 400
+
+
+# Digits `str.isdigit()` accepts but `int()` refuses, digits of other
+# scripts, more digits than `int()` reads, signs, spaces and the empty string.
+BAD_COUNTS = ("²", "١٢", "9" * 5_000, "1234567", "-1", "+1", " 5", "1_0", "1e3", "0x10", "")
+
+
+async def test_bad_limits_fall_back_to_the_default(pool: tuple[Dispatcher, JobLog]) -> None:
+    """`?limit=` that is not 1 to 6 ASCII digits lists the default 100 jobs, never a 500."""
+    dispatcher, _ = pool
+    for value in range(3):
+        await guarded(await dispatcher.submit(echo, value))
+    async with serving(create_app(dispatcher, token=TOKEN)) as client:
+        two = (await client.get("/jobs", params={"limit": "2"})).text
+        answers = [await client.get("/jobs", params={"limit": bad}) for bad in BAD_COUNTS]
+    assert two.count('data-testid="job-row"') == 2
+    for bad, answer in zip(BAD_COUNTS, answers, strict=True):
+        assert answer.status_code == 200, bad[:10]
+        assert answer.text.count('data-testid="job-row"') == 3, bad[:10]
+
+
+async def test_bad_counts_in_a_notice_fall_back_to_zero(pool: tuple[Dispatcher, JobLog]) -> None:
+    """A notice's `n=` or `missing=` that is not 1 to 6 ASCII digits reads as 0, never a 500."""
+    dispatcher, _ = pool
+    async with serving(create_app(dispatcher, token=TOKEN)) as client:
+        good = (await client.get("/?notice=requeued&n=3&missing=2")).text
+        answers = [
+            await client.get("/", params={"notice": "requeued", "n": bad, "missing": bad})
+            for bad in BAD_COUNTS
+        ]
+        raw = await client.get("/jobs?limit=%C2%B2&notice=deleted&n=%C2%B2")
+    assert 'data-testid="notice">Requeued 3 dead letter(s). 2 were gone already' in good
+    for bad, answer in zip(BAD_COUNTS, answers, strict=True):
+        assert answer.status_code == 200, bad[:10]
+        assert 'data-testid="notice">Requeued 0 dead letter(s).<' in answer.text, bad[:10]
+    assert raw.status_code == 200
+    assert 'data-testid="notice">Deleted 0 dead letter(s).<' in raw.text
 
 
 async def test_job_lookup_by_id_redirects_to_the_job(pool: tuple[Dispatcher, JobLog]) -> None:

@@ -7,20 +7,23 @@ Origin of the same host; anything else is a 403 and changes nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
 
 from asyncpool import Dispatcher
 from asyncpool._dashboard_security import (
     CONTENT_SECURITY_POLICY,
-    COOKIE_NAME,
+    COOKIE_PREFIX,
     FORM_LIMIT,
     LOOPBACK_HOSTS,
     Guard,
     HostCheck,
+    cookie_name,
     host_name,
 )
 from asyncpool._joblog import JobLog
@@ -72,7 +75,7 @@ async def test_post_with_a_wrong_cookie_is_403(held: tuple[Starlette, Gate, str]
         csrf = await csrf_for(client, job_id)
         client.cookies.clear()
         for wrong in ("x" * len(TOKEN), TOKEN[:-1], TOKEN + "a", "é" * 8, ""):
-            cookie = f"{COOKIE_NAME}={wrong}".encode()
+            cookie = f"{cookie_name(TOKEN)}={wrong}".encode()
             response = await client.post(
                 "/actions/cancel", data={"csrf": csrf, "job": job_id}, headers={b"Cookie": cookie}
             )
@@ -154,7 +157,7 @@ async def test_signing_in_sets_a_strict_httponly_cookie_and_drops_the_token_from
     assert response.status_code == 303
     assert response.headers["location"] == f"/jobs/{job_id}?notice=cancelled"
     cookie = response.headers["set-cookie"]
-    assert cookie.startswith(f"{COOKIE_NAME}={TOKEN};")
+    assert cookie.startswith(f"{cookie_name(TOKEN)}={TOKEN};")
     assert "HttpOnly" in cookie
     assert "SameSite=strict" in cookie or "SameSite=Strict" in cookie
     assert "Path=/;" in cookie or cookie.endswith("Path=/")
@@ -214,6 +217,46 @@ def test_guard_accepts_only_url_safe_tokens_of_8_characters_or_more() -> None:
         Guard(b"bytes-token")  # type: ignore[arg-type]
     assert "abcdefgh" not in repr(Guard("abcdefgh"))
     assert Guard("abcdefgh").csrf != Guard("abcdefgi").csrf
+
+
+def test_cookie_name_depends_on_the_token_and_does_not_tell_it() -> None:
+    """Each token has its own cookie name: the prefix and 12 hex digits of its hash."""
+    name = cookie_name(TOKEN)
+    assert re.fullmatch(re.escape(COOKIE_PREFIX) + "[0-9a-f]{12}", name)
+    assert cookie_name(TOKEN) == name == Guard(TOKEN).cookie
+    assert cookie_name(TOKEN + "x") != name
+    assert TOKEN not in name
+
+
+async def test_two_dashboards_on_one_host_keep_a_session_each() -> None:
+    """One browser signed in to two dashboards on two ports of 127.0.0.1 stays signed in to both.
+
+    A cookie jar ignores the port (as browsers do): with one cookie name for
+    every dashboard, signing in to the second would sign out of the first.
+    """
+    other_token = "other-token-9876543210"
+    async with (
+        Dispatcher(workers=1, name="one", instruments=[JobLog()]) as one,
+        Dispatcher(workers=1, name="two", instruments=[JobLog()]) as two,
+    ):
+        apps = {
+            b"127.0.0.1:8001": create_app(one, token=TOKEN),
+            b"127.0.0.1:8002": create_app(two, token=other_token),
+        }
+
+        async def by_port(scope: Scope, receive: Receive, send: Send) -> None:
+            host = dict(scope.get("headers", [])).get(b"host", b"")
+            await apps[host](scope, receive, send)
+
+        transport = httpx.ASGITransport(app=by_port)
+        async with httpx.AsyncClient(transport=transport) as browser:
+            first = await browser.get(f"http://127.0.0.1:8001/?token={TOKEN}")
+            second = await browser.get(f"http://127.0.0.1:8002/?token={other_token}")
+            assert (first.status_code, second.status_code) == (303, 303)
+            assert len(browser.cookies.jar) == 2
+            pages = [(await browser.get(f"http://127.0.0.1:{port}/")).text for port in (8001, 8002)]
+    for page in pages:
+        assert 'data-testid="signed-in"' in page
 
 
 def test_host_name_takes_the_port_and_brackets_off() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from asyncpool._dashboard_sources import BrokerSource, lane_named
+from asyncpool._dashboard_sources import FORGET_AFTER, BrokerSource
 from asyncpool._joblog import JobRecord
 from asyncpool._lanes_info import LaneInfo
 from asyncpool._status import WorkerStatus
@@ -27,7 +27,7 @@ class LanesBroker(MemoryBroker):
         return [LaneInfo("high", 0, 0), LaneInfo("normal", 5, 2, 1), LaneInfo("keys", 1, 1)]
 
 
-def record(job_id: str, state: str, at: float, lane: str = "app_normal", **more: Any) -> JobRecord:
+def record(job_id: str, state: str, at: float, lane: str = "normal", **more: Any) -> JobRecord:
     """A job record whose times are all `at`."""
     return JobRecord(
         id=job_id,
@@ -133,7 +133,7 @@ async def test_lanes_come_from_the_broker_with_rates_from_recent_jobs() -> None:
     async with LanesBroker() as broker:
         recent = [record(f"n.{i}", "succeeded", now - i) for i in range(5)]
         recent += [record("old.1", "succeeded", now - 60)]
-        recent += [record("k.1", "succeeded", now - 1, lane="asyncpool:app:key:3")]
+        recent += [record("k.1", "succeeded", now - 1, lane="keys")]
         await beat(broker, "a:1", recent=recent)
         lanes = await BrokerSource(broker).lanes()
     assert [(lane.name, lane.waiting, lane.running, lane.delayed) for lane in lanes] == [
@@ -144,14 +144,79 @@ async def test_lanes_come_from_the_broker_with_rates_from_recent_jobs() -> None:
     assert [lane.rate for lane in lanes] == [0.0, 0.5, 0.1]
 
 
-def test_record_lanes_are_named_as_the_broker_counts_them() -> None:
-    """Engine stream and consumer names map to the lanes of broker.lanes()."""
-    assert lane_named("app_high") == "high"
-    assert lane_named("asyncpool:app:lane:low") == "low"
-    assert lane_named("app.jobs.normal") == "normal"
-    assert lane_named("app_key_3") == "keys"
-    assert lane_named("{app}:key:12") == "keys"
-    assert lane_named(None) is None
+class NamedLanesBroker(MemoryBroker):
+    """A MemoryBroker whose engine has lanes of its own beside the priority lanes."""
+
+    async def lanes(self) -> list[LaneInfo]:
+        return [LaneInfo("low", 0, 0), LaneInfo("bulk_low", 0, 0), LaneInfo("key_accounts", 0, 0)]
+
+
+async def test_a_lanes_rate_counts_records_of_exactly_its_name() -> None:
+    """Records name their lane as deliveries do, as `broker.lanes()` does: matched as they are."""
+    now = time.time()
+    async with NamedLanesBroker() as broker:
+        recent = [record("l.1", "succeeded", now - 1, lane="low")]
+        recent += [record(f"b.{i}", "succeeded", now - 1, lane="bulk_low") for i in range(2)]
+        recent += [record(f"k.{i}", "succeeded", now - 1, lane="key_accounts") for i in range(3)]
+        await beat(broker, "a:1", recent=recent)
+        lanes = await BrokerSource(broker).lanes()
+    assert [(lane.name, lane.rate) for lane in lanes] == [
+        ("low", 0.1),
+        ("bulk_low", 0.2),
+        ("key_accounts", 0.3),
+    ]
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_workers_gone_for_long_are_forgotten_and_the_count_stays() -> None:
+    """Restarted workers (a new name each time) are forgotten once unseen for FORGET_AFTER."""
+    clock = Clock()
+    async with LanesBroker() as broker:
+        source = BrokerSource(broker, cache_for=0, clock=clock)
+        for pid in range(20):  # a worker restarting: each life a new "host:pid"
+            name = f"host:{pid}"
+            await beat(broker, name, succeeded=0, at=float(pid * 2))
+            await source.finished()
+            await beat(broker, name, succeeded=3, at=float(pid * 2 + 1))
+            assert await source.finished() == 3 * (pid + 1)
+            await broker.transport.drop_status(name)
+            clock.now += 60.0
+        total = await source.finished()
+        # Each was last seen 60 s after the one before: those of the last
+        # FORGET_AFTER seconds are remembered, the older ones forgotten.
+        remembered = {f"host:{pid}" for pid in range(20 - int(FORGET_AFTER // 60.0), 20)}
+        assert set(source._seen) == remembered
+        clock.now += FORGET_AFTER + 1
+        assert await source.finished() == total == 60
+        assert source._seen == {}
+        # A worker that comes back after that starts from a new baseline.
+        await beat(broker, "host:19", succeeded=10, at=100.0)
+        assert await source.finished() == 60
+        await beat(broker, "host:19", succeeded=12, at=101.0)
+        assert await source.finished() == 62
+
+
+async def test_a_worker_seen_again_is_not_forgotten() -> None:
+    """A worker whose heartbeats keep coming stays known however long it runs."""
+    clock = Clock()
+    async with LanesBroker() as broker:
+        source = BrokerSource(broker, cache_for=0, clock=clock)
+        await beat(broker, "a:1", succeeded=1, at=1.0)
+        await source.finished()
+        for i in range(5):
+            clock.now += FORGET_AFTER / 2
+            await beat(broker, "a:1", succeeded=2 + i, at=2.0 + i)
+            assert await source.finished() == 1 + i
+        assert list(source._seen) == ["a:1"]
 
 
 async def test_cancel_goes_through_the_brokers_handle() -> None:
