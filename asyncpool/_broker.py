@@ -35,7 +35,7 @@ from ._tasks import (
     check_defaults,
     job_arguments,
 )
-from ._telemetry import Instrument, check_instruments
+from ._telemetry import Instrument, capture_all, check_instruments
 from ._transport import Transport
 
 if TYPE_CHECKING:
@@ -393,9 +393,7 @@ class Broker(abc.ABC):
         result = options.get("result", True)
         if not isinstance(result, bool):
             raise TypeError(f"result must be a bool, got {result!r}")
-        carrier: dict[str, str] = {}
-        for instrument in self._instruments:
-            instrument.capture(carrier)
+        carrier = capture_all(self._instruments)
         return Envelope(
             id=f"{self._origin}.{next(self._counter)}",
             task=entry.name,
@@ -407,7 +405,7 @@ class Broker(abc.ABC):
             key=key,
             max_deliver=max_deliver,
             result=result,
-            trace=carrier or None,
+            trace=carrier,
         )
 
     # -- what the broker holds ------------------------------------------

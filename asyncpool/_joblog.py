@@ -2,10 +2,13 @@
 
 The dashboard's jobs page reads it: for a local dispatcher directly, and
 through each broker worker's heartbeat (`asyncpool._status`) for remote
-jobs. It keeps the last `keep` jobs (1,000 by default), each by its handle:
-state, attempts and times are read from the handle when a record is made,
-so nothing is written per job but one dict entry; a result is kept by
-reference until its record is dropped, an error as text.
+jobs. It keeps the last `keep` jobs (1,000 by default), and every job not
+finished yet among them, each by its handle: state, attempts and times are
+read from the handle when a record is made, so a job costs one dict entry,
+and the text of its result or error when a try ends. Holding the handle
+holds what the handle holds (the job's arguments, its result or exception
+and that exception's traceback) until the job is forgotten: 1,000 jobs'
+worth at most, beside the unfinished ones.
 
 It never adds a done callback to a handle: a failure nobody waits for must
 still reach `on_error` (a callback would count as someone waiting), and it
@@ -140,15 +143,16 @@ class JobRecord:
 class _Entry:
     """What the log keeps of one job."""
 
-    __slots__ = ("job", "result", "has_result", "error", "state_override", "started_wall")
+    __slots__ = ("job", "result", "error", "state_override", "args")
 
     def __init__(self, job: JobRun) -> None:
         self.job = job
-        self.result: Any = None
-        self.has_result = False
+        self.result: str | None = None
+        """The text of the result of its last try, once it succeeded."""
         self.error: dict[str, str] | None = None
         self.state_override: str | None = None
-        self.started_wall: float | None = None
+        self.args: str | None = None
+        """The text of its arguments, made the first time a record needs it."""
 
 
 class JobLog(Instrument):
@@ -182,8 +186,18 @@ class JobLog(Instrument):
         entries = self._entries
         entries[job.job_id] = _Entry(job)
         entries.move_to_end(job.job_id)
-        while len(entries) > self._keep:
-            entries.popitem(last=False)
+        # Forget the oldest finished jobs past `keep`. An unfinished one met
+        # on the way is kept (moved to the new end): a job running or
+        # waiting for long must stay visible. A few looks per job at most:
+        # a long queue of unfinished jobs makes the log longer, not slower.
+        looks = 8
+        while len(entries) > self._keep and looks:
+            looks -= 1
+            oldest_id, oldest = next(iter(entries.items()))
+            if oldest.job.handle.done():
+                del entries[oldest_id]
+            else:
+                entries.move_to_end(oldest_id)
 
     async def run(self, job: JobRun, call: Callable[[], Awaitable[Any]]) -> Any:
         entry = self._entries.get(job.job_id)
@@ -191,7 +205,6 @@ class JobLog(Instrument):
             self.job_queued(job)
             entry = self._entries[job.job_id]
         entry.job = job  # the latest try's attempt number
-        entry.started_wall = time.time()
         entry.error = None
         try:
             result = await call()
@@ -200,8 +213,7 @@ class JobLog(Instrument):
         except BaseException as exc:
             entry.error = error_text(exc)
             raise
-        entry.result = result
-        entry.has_result = True
+        entry.result = _cut(_repr.repr(result), PREVIEW)
         return result
 
     # -- reading -------------------------------------------------------
@@ -227,6 +239,22 @@ class JobLog(Instrument):
         """The record of job `job_id`, if it is still remembered."""
         entry = self._entries.get(job_id)
         return None if entry is None else self._record(entry)
+
+    def finished_times(self, since: float) -> list[float]:
+        """When the remembered jobs that finished at or after `since` finished (epoch seconds).
+
+        Cheap enough to call every second: it reads the handles' clocks,
+        and makes no record.
+        """
+        found = []
+        for entry in self._entries.values():
+            handle = entry.job.handle
+            finished = handle.finished_at
+            if finished is not None:
+                at = time.time() - (handle.get_loop().time() - finished)
+                if at >= since:
+                    found.append(at)
+        return found
 
     def handle(self, job_id: str) -> JobHandle[Any] | None:
         """The handle of job `job_id`, if it is still remembered."""
@@ -256,9 +284,9 @@ class JobLog(Instrument):
             return None if t is None else wall_now - (loop_now - t)
 
         state = entry.state_override or handle.state.value
-        result = None
-        if entry.has_result and handle.state is JobState.SUCCEEDED:
-            result = _cut(_repr.repr(entry.result), PREVIEW)
+        result = entry.result if handle.state is JobState.SUCCEEDED else None
+        if entry.args is None:
+            entry.args = preview(job.args, job.kwargs)
         return JobRecord(
             id=job.job_id,
             task=job.task,
@@ -267,7 +295,7 @@ class JobLog(Instrument):
             queued_at=wall(handle.queued_at),
             started_at=wall(handle.started_at),
             finished_at=wall(handle.finished_at),
-            args=preview(job.args, job.kwargs),
+            args=entry.args,
             result=result,
             error=entry.error,
             worker=self._worker,

@@ -17,13 +17,11 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final
 
 from ._retry import Retry, as_float, shown
-from ._telemetry import Instrument
-
-_base_capture = Instrument.capture
+from ._telemetry import capture_all
 
 if TYPE_CHECKING:
     from ._ports import JobObserver
-    from ._telemetry import Origin
+    from ._telemetry import Instrument, Origin
 
 __all__ = (
     "MAX_WORKERS",
@@ -206,9 +204,5 @@ def pop_options(
     opts = JobOptions(timeout, retry, priority, key, timeout_off=timeout_off, retry_off=retry_off)
     if instruments:
         opts.instruments = instruments
-        carrier: dict[str, str] = {}
-        for instrument in instruments:
-            if type(instrument).capture is not _base_capture:
-                instrument.capture(carrier)
-        opts.carrier = carrier or None
+        opts.carrier = capture_all(instruments)
     return opts

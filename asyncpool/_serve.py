@@ -54,7 +54,7 @@ from ._heartbeat import RECENT, Heartbeat
 from ._joblog import JobLog
 from ._remote import JobInfo, error_record, set_current_job
 from ._tasks import JobClass, Task, UnknownTask
-from ._telemetry import BrokerEvent, BrokerEventKind, Origin
+from ._telemetry import BrokerEvent, BrokerEventKind, Origin, tell_broker_event
 from ._transport import Delivery
 
 if TYPE_CHECKING:
@@ -310,6 +310,7 @@ class Server:
             delivery.attempt,
             envelope.args,
             envelope.kwargs,
+            envelope.enqueued_at,
         )
         held.handle = intake.put(
             target,
@@ -519,9 +520,12 @@ class Server:
         """Tell the broker's instruments what was done with `delivery`."""
         if not self._instruments:
             return
+        if task is not None and task not in self._broker.registry:
+            # Named by whoever published it: as a metric label, an
+            # unregistered name would let any producer add series at will.
+            task = None
         event = BrokerEvent(kind, self._dispatcher.name or "", task, delivery.lane)
-        for instrument in self._instruments:
-            instrument.broker_event(event)
+        tell_broker_event(self._instruments, event)
 
     def _served(self) -> dict[str, int]:
         report = self.report

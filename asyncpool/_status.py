@@ -58,7 +58,8 @@ class WorkerStatus:
     def encode(self) -> bytes:
         """The status as JSON bytes."""
         data = dataclasses.asdict(self)
-        return json.dumps(data, separators=(",", ":"), default=str).encode()
+        # Not ensure_ascii: a non-ASCII character would take 6 to 12 bytes.
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> WorkerStatus:

@@ -185,6 +185,10 @@ class TaskRegistry:
         self._by_target[target] = entry
         return entry
 
+    def __contains__(self, name: object) -> bool:
+        """Whether a task is registered as `name`."""
+        return name in self._by_name
+
     def named(self, name: str) -> Registered:
         """The task registered as `name`.
 

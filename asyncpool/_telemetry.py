@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,12 +35,17 @@ if TYPE_CHECKING:
     from ._handle import JobHandle
     from ._options import JobOptions
 
+_log = logging.getLogger("asyncpool")
+
 __all__ = (
     "BrokerEvent",
     "Instrument",
     "JobRun",
     "Origin",
     "announce_queued",
+    "capture_all",
+    "hook_failed",
+    "tell_broker_event",
     "check_instruments",
     "job_run",
     "listens",
@@ -69,6 +75,9 @@ class JobRun:
         args: The job's positional arguments (a remote job's, as sent).
         kwargs: The job's keyword arguments (a remote job's, as sent).
         handle: The job's local handle.
+        submitted_at: When a remote job was submitted (seconds since the
+            epoch, on the submitter's clock); None for a local job (its
+            handle's `queued_at` says when, on the loop's clock).
     """
 
     dispatcher: str
@@ -80,6 +89,7 @@ class JobRun:
     args: Sequence[Any]
     kwargs: Mapping[str, Any]
     handle: JobHandle[Any]
+    submitted_at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,6 +103,8 @@ class Origin:
     """Its delivery count: the attempt its first local try is."""
     args: Sequence[Any]
     kwargs: Mapping[str, Any]
+    submitted_at: float | None = None
+    """When it was submitted (seconds since the epoch, the submitter's clock)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -202,6 +214,7 @@ def job_run(handle: JobHandle[Any], opts: JobOptions, dispatcher: str, attempt: 
         origin.args,
         origin.kwargs,
         handle,
+        origin.submitted_at,
     )
 
 
@@ -225,7 +238,41 @@ def announce_queued(handle: JobHandle[Any], opts: JobOptions, dispatcher: str) -
         if listens(instrument, "job_queued"):
             if job is None:
                 job = job_run(handle, opts, dispatcher, 0)
-            instrument.job_queued(job)
+            try:
+                instrument.job_queued(job)
+            except Exception:
+                hook_failed(instrument, "job_queued")
+
+
+def capture_all(instruments: tuple[Instrument, ...]) -> dict[str, str] | None:
+    """What `instruments` capture for a job submitted now (None for nothing)."""
+    carrier: dict[str, str] = {}
+    for instrument in instruments:
+        if listens(instrument, "capture"):
+            try:
+                instrument.capture(carrier)
+            except Exception:
+                hook_failed(instrument, "capture")
+    return carrier or None
+
+
+def tell_broker_event(instruments: tuple[Instrument, ...], event: BrokerEvent) -> None:
+    """Tell `instruments` what a broker worker did with a delivery."""
+    for instrument in instruments:
+        try:
+            instrument.broker_event(event)
+        except Exception:
+            hook_failed(instrument, "broker_event")
+
+
+def hook_failed(instrument: Instrument, hook: str) -> None:
+    """An instrument's hook raised: say so, and go on as if it had not been called.
+
+    A broken instrument must cost its own numbers, never a job or a delivery.
+    """
+    _log.exception(
+        "asyncpool: instrument %r failed in %s(); it is skipped this time", instrument, hook
+    )
 
 
 def listens(instrument: Instrument, hook: str) -> bool:

@@ -261,7 +261,9 @@ class PrometheusMetrics(Instrument):
 
     * histogram `asyncpool_job_queue_wait_seconds`: from being submitted to
       the start of the try (for a retry, the earlier tries and backoffs
-      included), on the loop's clock;
+      included), on the loop's clock; for a broker's job, from its
+      `submit` on the submitter's machine (the time it waited in the
+      broker included; the clocks of both machines are compared);
     * histogram `asyncpool_job_run_seconds`, labelled `outcome` too:
       `succeeded`, `failed`, `timed_out` (`asyncpool.JobTimeout`) or
       `cancelled`.
@@ -313,7 +315,13 @@ class PrometheusMetrics(Instrument):
             wait = metrics.waits.get(key)
             if wait is None:
                 wait = metrics.waits[key] = metrics.queue_wait.labels(*key)
-            wait.observe(started - handle.queued_at)
+            if job.submitted_at is not None:
+                # A broker's job waited in the broker before this worker's
+                # queue: from its submit (the submitter's clock; a clock
+                # behind the worker's would make it negative: 0 then).
+                wait.observe(max(0.0, time.time() - job.submitted_at))
+            else:
+                wait.observe(started - handle.queued_at)
         clock = _clock()
         start = clock()
         outcome = "failed"

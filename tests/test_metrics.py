@@ -10,6 +10,7 @@ import asyncio
 import gc
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,32 @@ async def test_a_remote_job_is_labelled_by_its_task_and_lane_and_counted_once(
     labels = {"dispatcher": "w", "task": "resize", "lane": "high"}
     assert sample(registry, "asyncpool_job_run_seconds_count", **labels, outcome="succeeded") == 1
     assert sample(registry, "asyncpool_job_queue_wait_seconds_count", **labels) == 1
+
+
+async def test_a_remote_jobs_queue_wait_counts_from_its_submit(
+    registry: CollectorRegistry,
+) -> None:
+    """A broker's job waited since its submit (its origin's time), not since its local queueing."""
+    metrics = PrometheusMetrics(registry=registry)
+    submitted = time.time() - 30  # half a minute in the broker
+    origin = Origin("j-2", "resize", "low", 1, (), {}, submitted_at=submitted)
+    ended = asyncio.Event()
+
+    class Observer:
+        def job_started(self, handle: object) -> None:
+            pass
+
+        def job_ended(self, handle: object) -> None:
+            ended.set()
+
+    async with Dispatcher(workers=1, name="w") as d, d.intake() as intake:
+        await intake.capacity()
+        intake.put(succeed, 1, observer=Observer(), origin=origin, instruments=(metrics,))
+        await guarded(ended.wait())
+    labels = {"dispatcher": "w", "task": "resize", "lane": "low"}
+    waited = sample(registry, "asyncpool_job_queue_wait_seconds_sum", **labels)
+    assert waited is not None
+    assert 30 <= waited < 60
 
 
 def test_broker_events_are_counted_by_dispatcher_task_and_lane(

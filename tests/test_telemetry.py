@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from asyncpool import Dispatcher, JobTimeout, Retry
-from asyncpool._telemetry import BrokerEvent, Instrument, JobRun, Origin
+from asyncpool._telemetry import BrokerEvent, Instrument, JobRun, Origin, tell_broker_event
 from tests._jobs import Flaky, Gate, check_stats, guarded
 
 # Set by a test in the submitting task; a worker never sees that value.
@@ -230,3 +230,50 @@ async def test_without_instruments_a_plain_job_carries_no_options() -> None:
     assert slow._opts is not None
     assert slow._opts.instruments == (instrument,)
     assert plain.instruments == ()
+
+
+class Broken(Instrument):
+    """An instrument whose every hook but `run` raises."""
+
+    def capture(self, carrier: dict[str, str]) -> None:
+        raise RuntimeError("capture is broken")
+
+    def job_queued(self, job: JobRun) -> None:
+        raise RuntimeError("job_queued is broken")
+
+    def broker_event(self, event: BrokerEvent) -> None:
+        raise RuntimeError("broker_event is broken")
+
+
+async def test_a_hook_that_raises_costs_its_numbers_not_the_job(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """capture and job_queued raising are logged; the job runs, stats add up, close() ends."""
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    async with Dispatcher(workers=2, instruments=[Broken()]) as dispatcher:
+        handle = await dispatcher.submit(double, 21)
+        assert await guarded(handle) == 42
+        check_stats(dispatcher)
+    assert dispatcher.stats().succeeded == 1
+    failed = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("failed in capture()" in m for m in failed)
+    assert any("failed in job_queued()" in m for m in failed)
+
+
+def test_a_broker_event_hook_that_raises_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """tell_broker_event logs a failing instrument and still tells the next one."""
+    seen: list[BrokerEvent] = []
+
+    class Seeing(Instrument):
+        def broker_event(self, event: BrokerEvent) -> None:
+            seen.append(event)
+
+    event = BrokerEvent("acked", "w", "resize", "high")
+    tell_broker_event((Broken(), Seeing()), event)
+    assert seen == [event]
+    assert any("failed in broker_event()" in r.getMessage() for r in caplog.records)

@@ -181,3 +181,30 @@ async def test_instruments_see_remote_jobs_and_deliveries(engine: Engine, broker
         assert kinds.count(("acked", "fails")) == 1
         assert [e.kind for e in recorder.events].count("fetched") == 3
         assert {e.lane for e in recorder.events if e.task == "slow"} == {"high"}
+
+
+async def test_an_unregistered_task_name_is_not_passed_to_instruments(
+    engine: Engine, broker_name: str
+) -> None:
+    """A delivery naming a task the worker does not know is reported with task None."""
+    recorder = Recorder()
+    async with (
+        make_broker(engine, broker_name) as producer,
+        make_broker(engine, broker_name, instruments=[recorder]) as worker,
+    ):
+
+        @producer.task(name="ghost-task-made-up-by-a-producer")
+        async def ghost() -> None:
+            pass
+
+        async with serving(worker):
+            handle = await producer.submit(ghost)
+            with pytest.raises(RemoteJobError):
+                await handle
+            await eventually(
+                worker.dead_letters, lambda letters: any(d.id == handle.id for d in letters)
+            )
+        kinds = [(e.kind, e.task) for e in recorder.events]
+        assert ("fetched", None) in kinds
+        assert ("dead_lettered", None) in kinds
+        assert all(task is None for _, task in kinds)
