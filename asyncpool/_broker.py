@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, Self, TypeVar, overl
 
 from ._codecs import Codec, JsonCodec, PayloadError, codec_named
 from ._envelope import RECORD_CODEC, Envelope, Outcome, check_remote_key, retry_numbers
-from ._joblog import PREVIEW, JobRecord
+from ._joblog import JobRecord
 from ._lanes_info import LaneInfo
 from ._options import check_retry, check_timeout
 from ._remote import ErrorTypes, RemoteHandle
@@ -505,13 +505,7 @@ class Broker(abc.ABC):
             RuntimeError: the broker is not open.
         """
         self._check_open()
-        found = []
-        for data in await self.transport.statuses():
-            try:
-                found.append(WorkerStatus.decode(data))
-            except ValueError:
-                continue
-        return sorted(found, key=lambda status: status.worker)
+        return WorkerStatus.decode_all(await self.transport.statuses())
 
     async def find_job(self, job_id: str) -> JobRecord | None:
         """What is known of remote job `job_id`: from the workers' heartbeats, or its record.
@@ -528,34 +522,11 @@ class Broker(abc.ABC):
         if not isinstance(job_id, str):
             raise TypeError(f"job_id must be a str, got {job_id!r}")
         self._check_open()
-        best: JobRecord | None = None
-        for status in await self.workers():
-            for record in (*status.running, *status.recent):
-                if record.id == job_id and (best is None or _later(record, best)):
-                    best = record
-        if best is not None:
-            return best
+        found = WorkerStatus.latest_record(await self.workers(), job_id)
+        if found is not None:
+            return found
         data = await self.transport.read_outcome(job_id)
-        if data is None:
-            return None
-        outcome = self._decode_outcome(data)
-        state = "failed" if outcome.state == "dead" else outcome.state
-        result = None
-        if outcome.state == "succeeded":
-            result = _cut_repr(outcome.value)
-        return JobRecord(
-            id=job_id,
-            task="",
-            state=state,
-            attempts=outcome.attempts,
-            queued_at=None,
-            started_at=None,
-            finished_at=outcome.finished_at,
-            args="",
-            result=result,
-            error=_error_fields(outcome.error),
-            worker=outcome.worker or None,
-        )
+        return None if data is None else self._decode_outcome(data).as_record(job_id)
 
     async def serve(
         self, dispatcher: Dispatcher, *, stop: asyncio.Event | None = None
@@ -584,27 +555,3 @@ class Broker(abc.ABC):
 
         self._check_open()
         return await Server(self, dispatcher, stop).run()
-
-
-def _later(a: JobRecord, b: JobRecord) -> bool:
-    """Whether record `a` tells a later moment of its job than `b`."""
-    return (a.finished_at or a.started_at or 0.0) > (b.finished_at or b.started_at or 0.0)
-
-
-def _cut_repr(value: Any) -> str:
-    text = repr(value)
-    return (
-        text
-        if len(text) <= PREVIEW
-        else f"{text[:PREVIEW]}… ({len(text) - PREVIEW} more characters)"
-    )
-
-
-def _error_fields(error: dict[str, Any] | None) -> dict[str, str] | None:
-    if error is None:
-        return None
-    return {
-        "type": str(error.get("type", "")),
-        "message": str(error.get("message", "")),
-        "traceback": str(error.get("traceback", "")),
-    }

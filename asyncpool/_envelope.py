@@ -20,6 +20,7 @@ import zlib
 from typing import Any, Final, Literal
 
 from ._codecs import Codec, JsonCodec, PayloadError
+from ._joblog import JobRecord, clipped_repr
 from ._options import check_timeout
 from ._retry import Retry
 
@@ -227,6 +228,25 @@ class Outcome:
     attempts: int = 0
     finished_at: float = dataclasses.field(default_factory=time.time)
     worker: str = ""
+
+    def as_record(self, job_id: str) -> JobRecord:
+        """Its facts as the dashboard shows a job: no task, arguments or times but its end."""
+        error = None
+        if self.error is not None:
+            error = {k: str(self.error.get(k, "")) for k in ("type", "message", "traceback")}
+        return JobRecord(
+            id=job_id,
+            task="",
+            state="failed" if self.state == "dead" else self.state,
+            attempts=self.attempts,
+            queued_at=None,
+            started_at=None,
+            finished_at=self.finished_at,
+            args="",
+            result=clipped_repr(self.value) if self.state == "succeeded" else None,
+            error=error,
+            worker=self.worker or None,
+        )
 
     def encode(self, codec: Codec) -> bytes:
         """The record's bytes under `codec`."""

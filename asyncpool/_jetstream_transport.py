@@ -3,8 +3,8 @@
 Sets up (or checks) the streams, consumers and buckets, pulls the lanes in
 their order, rings idle workers when a job is published, keeps the terminal
 records and cancellation requests, and the dead letters; counts what the
-lanes hold (from their consumers), and keeps the workers' statuses (a KV
-bucket, made on first use).
+lanes hold (from their consumers); the workers' statuses are kept by
+`_jetstream_statuses` (a KV bucket, made on first use).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import base64
 import contextlib
 import json
 import logging
-import struct
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -31,8 +29,9 @@ from nats.js.kv import KeyValue
 from ._deadletters import DeadLetter
 from ._envelope import Envelope, partition_of
 from ._jetstream_lanes import CODEC_HEADER, JetStreamDelivery, Lane
+from ._jetstream_statuses import JetStreamStatuses
 from ._lanes_info import LaneInfo
-from ._transport import STATUS_TTL_MAX, Delivery, check_status_ttl, check_worker
+from ._transport import Delivery
 
 if TYPE_CHECKING:
     from .jetstream import JetStreamBroker
@@ -43,12 +42,6 @@ _log = logging.getLogger("asyncpool")
 _LANES: Final = ("high", "normal", "low")
 _SUSPECT_RECHECK: Final = 0.005
 """How soon a lane whose bell rang but that was found empty is looked at again (seconds)."""
-_READ_CONSUMER_TTL: Final = 2.0
-"""How long the server keeps the consumer of one read of the statuses after it is left (s)."""
-_READ_LIMIT: Final = 10.0
-"""How long one read of the statuses may take before it fails (s)."""
-_STATUS_TTL: Final = struct.Struct(">d")
-"""What a status's value starts with: its own TTL (seconds, a big-endian double)."""
 
 
 class JetStreamTransport:
@@ -64,7 +57,7 @@ class JetStreamTransport:
         self._suspects: list[Lane] = []
         self._results: KeyValue | None = None
         self._cancels: KeyValue | None = None
-        self._statuses: KeyValue | None = None
+        self._statuses = JetStreamStatuses(js, broker.name, _ensure_bucket)
         self._watched: set[str] = set()
         self._subs: list[Subscription] = []
         self._set_lease(broker.ack_wait)
@@ -340,100 +333,16 @@ class JetStreamTransport:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
-    # -- workers' statuses ---------------------------------------------
-    #
-    # A KV bucket `<name>_statuses`, one key per worker. nats-server 2.9 (the
-    # oldest supported) expires messages only by the bucket's max age, not
-    # one by one (per-message TTLs came in 2.11), so: the bucket keeps every
-    # message at most STATUS_TTL_MAX, each value starts with its own TTL,
-    # and a status older than that (by the server's timestamp of its put) is
-    # left out as the statuses are read, and deleted then. The one clock
-    # compared with the server's is the reader's (NTP keeps that to
-    # milliseconds; a TTL is seconds).
-
-    async def _status_bucket(self) -> KeyValue:
-        if self._statuses is None:
-            # Made on first use: brokers that never keep statuses make nothing.
-            self._statuses = await _ensure_bucket(
-                self._js, f"{self._broker.name}_statuses", STATUS_TTL_MAX
-            )
-        return self._statuses
+    # -- workers' statuses: `_jetstream_statuses` ----------------------
 
     async def put_status(self, worker: str, data: bytes, ttl: float) -> None:
-        key = _status_key(check_worker(worker))
-        value = _STATUS_TTL.pack(check_status_ttl(ttl)) + data
-        bucket = await self._status_bucket()
-        await bucket.put(key, value)
+        await self._statuses.put(worker, data, ttl)
 
     async def statuses(self) -> list[bytes]:
-        bucket = await self._status_bucket()
-        prefix = f"$KV.{self._broker.name}_statuses."
-        stored = await self._last_per_key(f"{self._broker.name}_statuses")
-        now = time.time()
-        live: list[bytes] = []
-        for msg in stored:
-            headers = msg.headers or {}
-            if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
-                continue  # dropped, or expired and deleted
-            value = msg.data or b""
-            if len(value) < _STATUS_TTL.size:
-                continue  # not written by put_status
-            (ttl,) = _STATUS_TTL.unpack_from(value)
-            if msg.metadata.timestamp.timestamp() + ttl > now:
-                live.append(value[_STATUS_TTL.size :])
-                continue
-            # Expired: delete it, unless it was put again since it was read
-            # (the server refuses the delete then: another revision is last).
-            with contextlib.suppress(nats.js.errors.BadRequestError):
-                await bucket.delete(msg.subject[len(prefix) :], last=msg.metadata.sequence.stream)
-        return live
-
-    async def _last_per_key(self, bucket: str) -> list[Msg]:
-        """The last message of every key of a KV bucket, read once (not a watch).
-
-        Not nats-py's `watchall()`: it may say "that is all" before entries
-        already on their way have arrived (its check races their delivery),
-        and the server keeps its consumer 5 minutes after (a dashboard
-        reading every second would pile them up). This ordered consumer is
-        read until a message says none is left to deliver, or the server
-        says it had nothing; the server deletes it soon after.
-
-        Raises:
-            TimeoutError: the server did not send it all within `_READ_LIMIT`.
-        """
-        arrived: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def arrive(msg: Msg) -> None:
-            arrived.put_nowait(msg)
-
-        sub = await self._js.subscribe(
-            f"$KV.{bucket}.>",
-            stream=f"KV_{bucket}",
-            cb=arrive,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            inactive_threshold=_READ_CONSUMER_TTL,
-        )
-        last: dict[str, Msg] = {}
-        try:
-            info = await sub.consumer_info()
-            delivered = info.delivered.consumer_seq if info.delivered else 0
-            if info.num_pending or delivered:
-                async with asyncio.timeout(_READ_LIMIT):
-                    while True:
-                        msg = await arrived.get()
-                        # By subject: an ordered consumer that saw a gap starts again.
-                        last[msg.subject] = msg
-                        if msg.metadata.num_pending == 0:
-                            break
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        return list(last.values())
+        return await self._statuses.read()
 
     async def drop_status(self, worker: str) -> None:
-        bucket = await self._status_bucket()
-        await bucket.delete(_status_key(check_worker(worker)))
+        await self._statuses.drop(worker)
 
     # -- dead letters --------------------------------------------------
 
@@ -519,12 +428,6 @@ class JetStreamTransport:
                     f"no dead letter of {letter.id!r} at sequence {letter.seq}"
                 ) from exc
             raise
-
-
-def _status_key(worker: str) -> str:
-    """A worker's key in the statuses bucket: any name, in the letters KV keys allow."""
-    # KV keys take letters, digits and `-_=./`; a worker is "host:1234".
-    return base64.urlsafe_b64encode(worker.encode()).decode()
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:

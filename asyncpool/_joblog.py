@@ -18,14 +18,18 @@ never reads a handle's exception (that would mark it as looked at).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import os
 import reprlib
+import threading
 import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from ._job import JobState
 from ._telemetry import Instrument, JobRun
@@ -33,7 +37,7 @@ from ._telemetry import Instrument, JobRun
 if TYPE_CHECKING:
     from ._handle import JobHandle
 
-__all__ = ("PREVIEW", "TRACEBACK", "JobLog", "JobRecord", "error_text", "preview")
+__all__ = ("PREVIEW", "TRACEBACK", "JobLog", "JobRecord", "clipped_repr", "error_text", "preview")
 
 PREVIEW = 2_000
 """The most characters of a job's arguments or result a record keeps."""
@@ -58,6 +62,11 @@ def _cut(text: str, most: int) -> str:
     return f"{text[:most]}… ({len(text) - most} more characters)"
 
 
+def clipped_repr(value: object) -> str:
+    """A value's repr (bounded by reprlib), cut to `PREVIEW` characters."""
+    return _cut(_repr.repr(value), PREVIEW)
+
+
 def preview(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
     """A job's arguments as a call would show them, cut to `PREVIEW` characters."""
     parts = [_repr.repr(a) for a in args]
@@ -69,8 +78,9 @@ def error_text(exc: BaseException) -> dict[str, str]:
     """An error as a record keeps it: type, message and traceback (cut).
 
     The type is named as a remote job's record names it (`module.Name`); the
-    traceback starts at the job's own code: asyncpool's frames above it (the
-    worker, the instruments) say nothing about the failure.
+    traceback starts at the job's own code: the plumbing above it
+    (asyncpool's worker and instruments, and for a job in a thread anyio's
+    and asyncio's frames) says nothing about the failure.
     """
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None and _ours(tb.tb_frame.f_code.co_filename):
@@ -84,11 +94,17 @@ def error_text(exc: BaseException) -> dict[str, str]:
     }
 
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PLUMBING = (
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,  # asyncpool
+    *(os.path.dirname(os.path.abspath(m.__file__ or "")) + os.sep for m in (anyio, asyncio)),
+    os.path.dirname(os.path.abspath(concurrent.futures.__file__ or "")) + os.sep,
+    os.path.abspath(threading.__file__ or ""),
+)
 
 
 def _ours(filename: str) -> bool:
-    return os.path.abspath(filename).startswith(_PACKAGE)
+    """Whether a frame of `filename` is plumbing between the worker and the job."""
+    return os.path.abspath(filename).startswith(_PLUMBING)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -213,7 +229,7 @@ class JobLog(Instrument):
         except BaseException as exc:
             entry.error = error_text(exc)
             raise
-        entry.result = _cut(_repr.repr(result), PREVIEW)
+        entry.result = clipped_repr(result)
         return result
 
     # -- reading -------------------------------------------------------

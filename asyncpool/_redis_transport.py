@@ -19,9 +19,8 @@ touch any of them):
   of the process that submitted the job (job ids are `<origin>.<n>`);
 * `{name}:cancels`: a stream of cancellation requests, trimmed to the
   result TTL; `{name}:dead`: the dead letters;
-* `{name}:status:<worker>`: a worker's status, with its TTL, and
-  `{name}:statuses`: a sorted set of the worker names scored by when their
-  status expires (server time, ms), to find them without scanning keys;
+* `{name}:status:<worker>` and `{name}:statuses`: the workers' statuses
+  (`_redis_statuses`);
 * the channel `{name}:bell`: rung when a job enters a lane.
 
 The atomic steps are Lua scripts (`_redis_scripts`); this module calls them,
@@ -36,7 +35,6 @@ import base64
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
@@ -50,7 +48,9 @@ from ._deadletters import DeadLetter
 from ._envelope import Envelope, partition_of
 from ._lanes_info import LaneInfo
 from ._redis_calls import Pipeliner, Script, connection_errors
-from ._transport import Delivery, check_status_ttl, check_worker
+from ._redis_delivery import GROUP, RedisDelivery
+from ._redis_statuses import RedisStatuses
+from ._transport import Delivery
 
 if TYPE_CHECKING:
     from .redis import RedisBroker
@@ -59,7 +59,6 @@ __all__ = ("RedisDelivery", "RedisTransport")
 
 _log = logging.getLogger("asyncpool")
 
-GROUP: Final = "workers"
 DEDUP_WINDOW: Final = 30
 """How long a submitted job id is remembered, so that a retried publish adds nothing (s).
 
@@ -75,87 +74,6 @@ _BACKOFF_MAX: Final = 1.0
 
 LOST: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 """What a lost or unreachable server raises."""
-
-
-class RedisDelivery:
-    """One job entry read from a lane by this worker."""
-
-    __slots__ = ("_transport", "_lane", "_keyed", "entry_id", "attempt", "data", "_codec", "_id")
-
-    def __init__(
-        self,
-        transport: RedisTransport,
-        lane: str,
-        keyed: bool,
-        entry_id: str,
-        attempt: int,
-        data: bytes,
-        codec: str,
-        job_id: str,
-    ) -> None:
-        self._transport = transport
-        self._lane = lane
-        self._keyed = keyed
-        self.entry_id = entry_id
-        self.attempt = attempt
-        self.data = data
-        self._codec = codec
-        self._id = job_id
-
-    @property
-    def codec_name(self) -> str | None:
-        return self._codec or None
-
-    @property
-    def job_id(self) -> str | None:
-        return self._id or None
-
-    @property
-    def message_id(self) -> str:
-        return self._id or f"entry-{self.entry_id}"
-
-    @property
-    def keyed(self) -> bool:
-        """Read from a key lane."""
-        return self._keyed
-
-    @property
-    def stream(self) -> str:
-        """The key of the stream it was read from."""
-        return self._lane
-
-    @property
-    def lane(self) -> str:
-        """The lane's name: "high", "normal", "low", or "keys" for every key lane."""
-        return "keys" if self._keyed else self._lane.rsplit(":", 1)[1]
-
-    async def ack(self) -> None:
-        t = self._transport
-        await t.scripts_ack(
-            [self._lane], [GROUP, self.entry_id, t.consumer, t.bell_channel, int(self._keyed)]
-        )
-
-    async def nak(self, delay: float) -> None:
-        t = self._transport
-        await t.scripts_nak(
-            [self._lane, t.delayed_key, t.parked_key],
-            [
-                GROUP,
-                self.entry_id,
-                t.consumer,
-                max(0, round(delay * 1000)),
-                int(self._keyed),
-                t.bell_channel,
-            ],
-        )
-        if delay > 0:
-            # Be the one to look when it is due (any idle worker will, within
-            # its recheck interval, too).
-            t.ring(delay)
-
-    async def extend(self) -> None:
-        t = self._transport
-        await t.scripts_extend([self._lane], [GROUP, self.entry_id, t.consumer])
 
 
 class RedisTransport:
@@ -203,7 +121,6 @@ class RedisTransport:
         self.dead_key = f"{p}:dead"
         self.cancels_key = f"{p}:cancels"
         self.bell_channel = f"{p}:bell"
-        self.statuses_key = f"{p}:statuses"
         self._done_prefix = f"{p}:done:"
         self.recheck_interval = min(0.5, broker.ack_wait / 4)
         self.lease_period = broker.ack_wait / 3
@@ -228,9 +145,7 @@ class RedisTransport:
         self._requeue = Script(pipeliner, scripts.REQUEUE)
         self._prune = Script(pipeliner, scripts.PRUNE)
         self._count_lanes = Script(pipeliner, scripts.LANES)
-        self._put_status = Script(pipeliner, scripts.PUT_STATUS)
-        self._statuses = Script(pipeliner, scripts.STATUSES)
-        self._drop_status = Script(pipeliner, scripts.DROP_STATUS)
+        self._statuses = RedisStatuses(client, pipeliner, p, where)
         self._last_prune = time.monotonic()
 
     # -- set up --------------------------------------------------------
@@ -595,33 +510,16 @@ class RedisTransport:
                 told = True
                 caught_up()
 
-    # -- workers' statuses ---------------------------------------------
-
-    def _status_key(self, worker: str) -> str:
-        return f"{self.prefix}:status:{worker}"
+    # -- workers' statuses: `_redis_statuses` -------------------------
 
     async def put_status(self, worker: str, data: bytes, ttl: float) -> None:
-        """Set the worker's key with its TTL, and its expiry in the set (server time)."""
-        worker = check_worker(worker)
-        ttl_ms = max(1, math.ceil(check_status_ttl(ttl) * 1000))
-        await self._put_status(
-            [self._status_key(worker), self.statuses_key], [worker, data, ttl_ms]
-        )
+        await self._statuses.put(worker, data, ttl)
 
     async def statuses(self) -> list[bytes]:
-        """Prune the set, then read the keys of the names left (a key may expire in between)."""
-        workers: list[bytes] = await self._statuses([self.statuses_key], [])
-        if not workers:
-            return []
-        with connection_errors(self._where):
-            found: list[bytes | None] = await self._redis.mget(
-                [self._status_key(worker.decode()) for worker in workers]
-            )
-        return [data for data in found if data is not None]
+        return await self._statuses.read()
 
     async def drop_status(self, worker: str) -> None:
-        worker = check_worker(worker)
-        await self._drop_status([self._status_key(worker), self.statuses_key], [worker])
+        await self._statuses.drop(worker)
 
     # -- dead letters --------------------------------------------------
 

@@ -62,6 +62,28 @@ class WorkerStatus:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
     @classmethod
+    def decode_all(cls, datas: list[bytes]) -> list[WorkerStatus]:
+        """The statuses that decode, by worker name (one of another version is left out)."""
+        found = []
+        for data in datas:
+            try:
+                found.append(cls.decode(data))
+            except ValueError:
+                continue
+        return sorted(found, key=lambda status: status.worker)
+
+    @staticmethod
+    def latest_record(statuses: list[WorkerStatus], job_id: str) -> JobRecord | None:
+        """The latest record of job `job_id` among the workers' jobs (a redelivered job may
+        be in two), or None."""
+        best: JobRecord | None = None
+        for status in statuses:
+            for record in (*status.running, *status.recent):
+                if record.id == job_id and (best is None or _moment(record) > _moment(best)):
+                    best = record
+        return best
+
+    @classmethod
     def decode(cls, data: bytes) -> WorkerStatus:
         """Read a status written by `encode`.
 
@@ -82,3 +104,8 @@ class WorkerStatus:
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"not a worker status: {exc}") from exc
+
+
+def _moment(record: JobRecord) -> float:
+    """The latest moment of its job that `record` tells."""
+    return record.finished_at or record.started_at or 0.0

@@ -82,3 +82,23 @@ def test_keep_must_be_a_positive_int() -> None:
     """A bad `keep` is refused at once, naming it."""
     with pytest.raises(ValueError, match="keep"):
         JobLog(keep=0)
+
+
+async def test_a_thread_jobs_traceback_starts_at_the_job() -> None:
+    """A sync job (in a worker thread): its traceback leaves out anyio and asyncio frames."""
+
+    def fails_in_a_thread() -> None:
+        raise OSError("disk gone")
+
+    log = JobLog()
+    async with Dispatcher(workers=1, instruments=[log], on_error=lambda h, e: None) as d:
+        handle = await d.submit(fails_in_a_thread)
+        with pytest.raises(OSError, match="disk gone"):
+            await guarded(handle)
+    record = log.find(str(handle.id))
+    assert record is not None
+    assert record.error is not None
+    lines = record.error["traceback"].splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert "in fails_in_a_thread" in lines[1]
+    assert "anyio" not in record.error["traceback"]

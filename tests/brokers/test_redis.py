@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio
 
 from asyncpool import Dispatcher, Retry
-from asyncpool._redis_transport import RedisDelivery
+from asyncpool._redis_delivery import RedisDelivery
 from asyncpool.brokers import Outcome, current_job
 from asyncpool.redis import RedisBroker
 
