@@ -9,6 +9,7 @@ which forgets it `STATUS_TTL` seconds after the last write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -113,10 +114,14 @@ class Heartbeat:
             data = status.encode()
         return data
 
-    async def run(self) -> None:
-        """Write the status every `STATUS_PERIOD` seconds, until cancelled."""
+    async def run(self, until: asyncio.Event) -> None:
+        """Write the status every `STATUS_PERIOD` seconds, until cancelled or `until` is set.
+
+        `until` ends it even if a cancellation is lost in a client library's
+        wait (Python 3.11's `wait_for` can drop one that arrives as it ends).
+        """
         failing = False
-        while True:
+        while not until.is_set():
             try:
                 await self._transport.put_status(self._worker, self.encoded(), STATUS_TTL)
             except Exception as exc:
@@ -127,7 +132,9 @@ class Heartbeat:
                 failing = True
             else:
                 failing = False
-            await asyncio.sleep(STATUS_PERIOD)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STATUS_PERIOD):
+                    await until.wait()
 
     async def stop(self) -> None:
         """Take this worker off the dashboard as it stops (else its status expires)."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -166,6 +167,7 @@ class Server:
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._settles: asyncio.TaskGroup | None = None
+        self._closing = asyncio.Event()
         self.report = ServeReport()
         n = next(_servers)
         # Two serve() calls in one process are two workers on the dashboard.
@@ -186,7 +188,7 @@ class Server:
             self._settles = settles
             async with asyncio.TaskGroup() as helpers:
                 keeper = helpers.create_task(self._keep_leases())
-                heartbeat = helpers.create_task(self._heartbeat.run())
+                heartbeat = helpers.create_task(self._heartbeat.run(self._closing))
                 caught_up = asyncio.Event()
                 watcher = helpers.create_task(
                     transport.watch_cancels(self._cancel_requested, caught_up.set)
@@ -218,6 +220,10 @@ class Server:
                     # or when the dispatcher closes.
                     await self._transport.hand_back_strays()
                     await self._quiet.wait()
+                    # Besides the cancellations: a client library's wait can
+                    # lose one (Python 3.11), and a loop that lost it must
+                    # still end, or serve() would never return.
+                    self._closing.set()
                     keeper.cancel()
                     watcher.cancel()
                     heartbeat.cancel()
@@ -498,8 +504,10 @@ class Server:
 
     async def _keep_leases(self) -> None:
         period = self._transport.lease_period
-        while True:
-            await asyncio.sleep(period)
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period):
+                    await self._closing.wait()
             for held in list(self._held):
                 try:
                     await held.delivery.extend()

@@ -37,3 +37,38 @@ async def test_a_status_of_large_failures_is_cut_to_fit() -> None:
     assert status.recent
     assert all(r.state == "failed" for r in status.recent)
     assert "left out" in (status.recent[0].error or {}).get("traceback", "")
+
+
+class LosesACancellation:
+    """A status store whose put swallows the cancellation that arrives as it ends.
+
+    As a client library's `wait_for` can on Python 3.11: the task goes on as
+    if it had never been cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.putting = asyncio.Event()
+        self.puts = 0
+
+    async def put_status(self, worker: str, data: bytes, ttl: float) -> None:
+        self.puts += 1
+        self.putting.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            return  # lost
+
+
+async def test_the_heartbeat_ends_when_told_even_if_its_cancellation_was_lost() -> None:
+    """run(until) returns once `until` is set, though the cancel was swallowed mid-put."""
+    store = LosesACancellation()
+    until = asyncio.Event()
+    async with Dispatcher(workers=1) as d:
+        beat = Heartbeat(cast(Any, store), "host:1", d, JobLog(), dict, lambda: ())
+        task = asyncio.create_task(beat.run(until))
+        await guarded(store.putting.wait())
+        task.cancel()
+        until.set()
+        await guarded(task)  # the old loop went on beating for ever
+    assert not task.cancelled()  # it was lost: the loop ended by `until`
+    assert store.puts == 1
