@@ -18,7 +18,7 @@ touch any of them):
   TTL; written once, and published on the channel `{name}:done:<origin>`
   of the process that submitted the job (job ids are `<origin>.<n>`);
 * `{name}:cancels`: a stream of cancellation requests, trimmed to the
-  result TTL; `{name}:dead`: the dead letters;
+  result TTL; `{name}:dead`: the dead letters (`_redis_deadletters`);
 * `{name}:status:<worker>` and `{name}:statuses`: the workers' statuses
   (`_redis_statuses`);
 * the channel `{name}:bell`: rung when a job enters a lane.
@@ -31,9 +31,7 @@ watch, and turns what a fetch returns into deliveries.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -48,6 +46,7 @@ from ._deadletters import DeadLetter
 from ._envelope import Envelope, partition_of
 from ._lanes_info import LaneInfo
 from ._redis_calls import Pipeliner, Script, connection_errors
+from ._redis_deadletters import RedisDeadLetters
 from ._redis_delivery import GROUP, RedisDelivery
 from ._redis_statuses import RedisStatuses
 from ._transport import Delivery
@@ -118,7 +117,6 @@ class RedisTransport:
         self._keyed_lanes = frozenset(self.key_lanes)
         self.delayed_key = f"{p}:delayed"
         self.parked_key = f"{p}:parked"
-        self.dead_key = f"{p}:dead"
         self.cancels_key = f"{p}:cancels"
         self.bell_channel = f"{p}:bell"
         self._done_prefix = f"{p}:done:"
@@ -141,11 +139,21 @@ class RedisTransport:
         self.scripts_extend = Script(pipeliner, scripts.EXTEND)
         self.scripts_nak = Script(pipeliner, scripts.NAK)
         self._create_outcome = Script(pipeliner, scripts.CREATE_OUTCOME)
-        self._dead_letter = Script(pipeliner, scripts.DEAD_LETTER)
-        self._requeue = Script(pipeliner, scripts.REQUEUE)
         self._prune = Script(pipeliner, scripts.PRUNE)
         self._count_lanes = Script(pipeliner, scripts.LANES)
         self._statuses = RedisStatuses(client, pipeliner, p, where)
+        self._dead_letters = RedisDeadLetters(
+            client,
+            pipeliner,
+            p,
+            where,
+            dedup_window=DEDUP_WINDOW,
+            normal_lane=normal,
+            keyed_lanes=self._keyed_lanes,
+            busy_key=self.busy_key,
+            bell_channel=self.bell_channel,
+            record_key=self._record_key,
+        )
         self._last_prune = time.monotonic()
 
     # -- set up --------------------------------------------------------
@@ -521,32 +529,13 @@ class RedisTransport:
     async def drop_status(self, worker: str) -> None:
         await self._statuses.drop(worker)
 
-    # -- dead letters --------------------------------------------------
+    # -- dead letters: `_redis_deadletters` ---------------------------
 
     async def dead_letter(self, delivery: Any, letter: dict[str, Any]) -> None:
-        letter = dict(letter, subject=delivery.stream)
-        await self._dead_letter(
-            [
-                self.dead_key,
-                f"{self.prefix}:deadseen:{letter['id']}:{delivery.entry_id}",
-            ],
-            # One dead letter per job entry, however often its death is
-            # written (a worker may die between this and its ack).
-            [json.dumps(letter), DEDUP_WINDOW],
-        )
+        await self._dead_letters.dead_letter(delivery, letter)
 
     async def dead_letters(self) -> list[DeadLetter]:
-        letters: list[DeadLetter] = []
-        start = "-"
-        while True:
-            with connection_errors(self._where):
-                entries = await self._redis.xrange(self.dead_key, min=start, count=500)
-            for entry_id, entry in entries:
-                raw = json.loads(entry.get(b"letter") or b"{}")
-                letters.append(letter_from(raw, entry_id.decode()))
-            if len(entries) < 500:
-                return letters
-            start = "(" + entries[-1][0].decode()
+        return await self._dead_letters.dead_letters()
 
     async def requeue(self, letter: DeadLetter) -> None:
         """Send the dead letter's job back to its lane, and remove the letter (one step).
@@ -554,20 +543,7 @@ class RedisTransport:
         Raises:
             LookupError: the letter is gone (deleted or requeued already).
         """
-        lane = letter.subject if letter.subject.startswith(f"{self.prefix}:") else self.lanes[1]
-        requeued = await self._requeue(
-            [lane, self.dead_key, self._record_key(letter.id), self.busy_key],
-            [
-                str(letter.seq),
-                letter.payload,
-                letter.codec or "",
-                letter.id,
-                self.bell_channel,
-                int(lane in self._keyed_lanes),
-            ],
-        )
-        if not requeued:
-            raise LookupError(f"no dead letter of {letter.id!r} at entry {letter.seq}")
+        await self._dead_letters.requeue(letter)
 
     async def delete_dead_letter(self, letter: DeadLetter) -> None:
         """Remove a dead letter from its stream.
@@ -575,29 +551,10 @@ class RedisTransport:
         Raises:
             LookupError: it is not there (deleted or requeued already).
         """
-        with connection_errors(self._where):
-            removed = await self._redis.xdel(self.dead_key, str(letter.seq))
-        if not removed:
-            raise LookupError(f"no dead letter of {letter.id!r} at entry {letter.seq}")
+        await self._dead_letters.delete(letter)
 
     async def destroy(self) -> None:
         """Delete every key of this broker."""
         with connection_errors(self._where):
             async for key in self._redis.scan_iter(match=f"{self.prefix}:*", count=500):
                 await self._redis.unlink(key)
-
-
-def letter_from(raw: dict[str, Any], entry_id: str) -> DeadLetter:
-    """A dead letter as the stream keeps it (`entry_id`: where, to requeue or delete it)."""
-    return DeadLetter(
-        id=str(raw.get("id")),
-        task=raw.get("task"),
-        reason=str(raw.get("reason")),
-        error=raw.get("error"),
-        attempts=int(raw.get("attempts") or 0),
-        payload=base64.b64decode(raw.get("payload") or ""),
-        codec=raw.get("codec"),
-        subject=str(raw.get("subject") or ""),
-        dead_at=float(raw.get("at") or 0.0),
-        seq=entry_id,
-    )

@@ -47,6 +47,9 @@ __all__ = (
 )
 
 SETTLE_LIMIT: Final = 2.0
+
+_RECANCEL: Final = 0.5
+"""How long a cancelled opening gets to end before it is cancelled again (s)."""
 """Seconds `serve` gets, once the dispatcher has closed, to settle its jobs with the server.
 
 Settling is an ack, a nak or a record: milliseconds each on a live server.
@@ -173,9 +176,12 @@ async def _open_unless_stopped(broker: Broker, stop: asyncio.Event) -> None:
         await asyncio.wait((opening, stopping), return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
-        if not opening.done():
-            opening.cancel()  # the broker closes what it had begun
-            await asyncio.wait((opening,))
+        # The broker closes what it had begun. Cancelled again until it ends:
+        # a client library's wait can lose a cancellation (Python 3.11's
+        # wait_for), and the opening would then go on for its whole timeout.
+        while not opening.done():
+            opening.cancel()
+            await asyncio.wait((opening,), timeout=_RECANCEL)
     if opening.cancelled():
         raise WorkerFailure(
             f"stopped while opening {broker!r}: its server had not answered; no job was taken"

@@ -60,8 +60,8 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from ._broker import Broker
 from ._codecs import Codec
-from ._deadletters import DeadLetter
 from ._jetstream_transport import JetStreamTransport
+from ._keeps_dead_letters import DeadLetterStore, KeepsDeadLetters
 from ._telemetry import Instrument
 
 __all__ = ("JetStreamBroker",)
@@ -82,7 +82,7 @@ def _seconds(name: str, value: object) -> float:
     return float(value)
 
 
-class JetStreamBroker(Broker):
+class JetStreamBroker(Broker, KeepsDeadLetters):
     """Submit jobs to NATS JetStream, and serve them on any number of worker processes.
 
     Args:
@@ -279,44 +279,9 @@ class JetStreamBroker(Broker):
         """The subject jobs of this priority and key are published on."""
         return self.transport.subject_for(priority, key)
 
-    async def dead_letters(self) -> list[DeadLetter]:
-        """Every dead letter, oldest first."""
-        self._check_open()
-        return await self.transport.dead_letters()
-
-    async def requeue(self, letter: DeadLetter | str) -> None:
-        """Send a dead letter's job back to its queue (its old terminal record is removed).
-
-        A job id names the latest dead letter with that id.
-
-        Raises:
-            LookupError: no dead letter has that id, or `letter` is gone
-                (deleted or requeued already).
-        """
-        self._check_open()
-        if isinstance(letter, str):
-            letter = await self._latest_dead_letter(letter)
-        await self.transport.requeue(letter)
-
-    async def delete_dead_letter(self, letter: DeadLetter | str) -> None:
-        """Remove a dead letter for good: its job is not run again (its terminal record stays).
-
-        A job id names the latest dead letter with that id, as for `requeue`.
-
-        Raises:
-            LookupError: no dead letter has that id, or `letter` is gone
-                (deleted or requeued already).
-        """
-        self._check_open()
-        if isinstance(letter, str):
-            letter = await self._latest_dead_letter(letter)
-        await self.transport.delete_dead_letter(letter)
-
-    async def _latest_dead_letter(self, job_id: str) -> DeadLetter:
-        matches = [d for d in await self.dead_letters() if d.id == job_id]
-        if not matches:
-            raise LookupError(f"no dead letter has the id {job_id!r}")
-        return matches[-1]
+    @property
+    def _dead_letter_store(self) -> DeadLetterStore:
+        return self.transport
 
     async def destroy(self) -> None:
         """Delete all this broker keeps on the server (jobs, records, dead letters, statuses).

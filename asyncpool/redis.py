@@ -71,7 +71,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from ._broker import Broker
 from ._codecs import Codec
-from ._deadletters import DeadLetter
+from ._keeps_dead_letters import DeadLetterStore, KeepsDeadLetters
 from ._redis_transport import LOST, RedisTransport
 from ._telemetry import Instrument
 
@@ -106,7 +106,7 @@ def _redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + host))
 
 
-class RedisBroker(Broker):
+class RedisBroker(Broker, KeepsDeadLetters):
     """Submit jobs to Redis Streams, and serve them on any number of worker processes.
 
     Args:
@@ -298,44 +298,9 @@ class RedisBroker(Broker):
         """The stream (key) jobs of this priority and key are added to."""
         return self.transport.lane_for(priority, key)
 
-    async def dead_letters(self) -> list[DeadLetter]:
-        """Every dead letter, oldest first."""
-        self._check_open()
-        return await self.transport.dead_letters()
-
-    async def requeue(self, letter: DeadLetter | str) -> None:
-        """Send a dead letter's job back to its lane (its old terminal record is removed).
-
-        A job id names the latest dead letter with that id.
-
-        Raises:
-            LookupError: no dead letter has that id, or `letter` is gone
-                (deleted or requeued already).
-        """
-        self._check_open()
-        if isinstance(letter, str):
-            letter = await self._latest_dead_letter(letter)
-        await self.transport.requeue(letter)
-
-    async def delete_dead_letter(self, letter: DeadLetter | str) -> None:
-        """Remove a dead letter for good: its job is not run again (its terminal record stays).
-
-        A job id names the latest dead letter with that id, as for `requeue`.
-
-        Raises:
-            LookupError: no dead letter has that id, or `letter` is gone
-                (deleted or requeued already).
-        """
-        self._check_open()
-        if isinstance(letter, str):
-            letter = await self._latest_dead_letter(letter)
-        await self.transport.delete_dead_letter(letter)
-
-    async def _latest_dead_letter(self, job_id: str) -> DeadLetter:
-        matches = [d for d in await self.dead_letters() if d.id == job_id]
-        if not matches:
-            raise LookupError(f"no dead letter has the id {job_id!r}")
-        return matches[-1]
+    @property
+    def _dead_letter_store(self) -> DeadLetterStore:
+        return self.transport
 
     async def destroy(self) -> None:
         """Delete every key this broker keeps (jobs, records, dead letters, statuses).

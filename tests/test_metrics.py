@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import prometheus_client
@@ -22,8 +19,6 @@ from asyncpool import Dispatcher, JobHandle, JobTimeout, QueueFull, Retry
 from asyncpool._telemetry import BrokerEvent, Origin
 from asyncpool.metrics import PrometheusMetrics
 from tests._jobs import Flaky, Gate, check_stats, guarded
-
-ROOT = Path(__file__).resolve().parent.parent
 
 _STATS_COUNTERS = {
     "submitted": "asyncpool_jobs_submitted_total",
@@ -365,31 +360,6 @@ def test_other_buckets_on_a_used_registry_are_refused(registry: CollectorRegistr
     PrometheusMetrics(registry=registry, buckets=[1, 2])
     with pytest.raises(ValueError, match=r"buckets=\[1, 3\] differ from those"):
         PrometheusMetrics(registry=registry, buckets=[1, 3])
-
-
-def test_import_without_prometheus_client_names_the_extra() -> None:
-    """Without prometheus_client, importing asyncpool.metrics names the `metrics` extra."""
-    program = """
-import sys
-sys.modules["prometheus_client"] = None
-try:
-    import asyncpool.metrics
-except ModuleNotFoundError as exc:
-    print(exc.name)
-    print(exc)
-"""
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
-    name, message = done.stdout.splitlines()
-    assert name == "prometheus_client"
-    assert "pip install 'asyncpool-dispatch[metrics]'" in message
 
 
 async def test_bound_without_being_an_instrument_gives_stats_at_no_per_job_cost(

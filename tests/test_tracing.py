@@ -8,10 +8,7 @@ propagator (W3C traceparent), as it does in production.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from opentelemetry import trace
@@ -24,8 +21,6 @@ from asyncpool import Dispatcher, JobTimeout, Retry
 from asyncpool._telemetry import Origin
 from asyncpool.tracing import OpenTelemetryTracing
 from tests._jobs import Flaky, Gate, guarded
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class Traces:
@@ -239,28 +234,3 @@ def test_a_bad_tracer_provider_is_refused_naming_it() -> None:
     """tracer_provider must be a TracerProvider: anything else fails at construction."""
     with pytest.raises(TypeError, match="tracer_provider must be an opentelemetry"):
         OpenTelemetryTracing(tracer_provider="global")  # type: ignore[arg-type]
-
-
-def test_import_without_opentelemetry_names_the_extra() -> None:
-    """Without opentelemetry-api, importing asyncpool.tracing names the `otel` extra."""
-    program = """
-import sys
-sys.modules["opentelemetry"] = None
-try:
-    import asyncpool.tracing
-except ModuleNotFoundError as exc:
-    print(exc.name)
-    print(exc)
-"""
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
-    name, message = done.stdout.splitlines()
-    assert name == "opentelemetry"
-    assert "pip install 'asyncpool-dispatch[otel]'" in message
