@@ -39,6 +39,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._backoff import Backoffs, retry_delay
@@ -79,9 +80,27 @@ _future_set_exception = asyncio.Future.set_exception
 _future_cancel = asyncio.Future.cancel
 _future_add_done_callback = asyncio.Future.add_done_callback
 _BASE_LOOP_TIME = asyncio.BaseEventLoop.time
+_BASE_CREATE_FUTURE = asyncio.BaseEventLoop.create_future
 _WINDOW_MASK = WINDOW - 1
 _SAMPLE_MASK = 3  # after the first WINDOW jobs, one job in four is sampled
 _DEAD_COMPACTION = 64  # dead queue entries tolerated before a compaction
+CORE_WORKERS = 64
+"""Workers started with the dispatcher, and never retired for being idle.
+
+A pool larger than this starts its other workers when jobs need them (a job
+is queued and no worker is idle) and retires those that stay idle for a
+whole `IDLE_SWEEP` period, so that a `Dispatcher(workers=100_000)` costs
+memory in proportion to the jobs it runs, not to its size.
+"""
+IDLE_SWEEP = 10.0
+"""Seconds between two looks for idle workers above `CORE_WORKERS` to retire.
+
+A worker retires when it was idle at two looks in a row without running a
+job in between: after 10 to 20 seconds idle.
+"""
+
+# The putters of every LeanQueue: nobody waits to put into an unbounded queue.
+_NOBODY: deque[asyncio.Future[None]] = deque()
 
 # Stands for the outcome of a job whose handle close() already made final.
 _ALREADY_FINAL = RuntimeError("the job's handle is final already")
@@ -110,6 +129,21 @@ class LeanQueue(asyncio.Queue[T]):
 
     _queue: deque[T]
     _getters: deque[asyncio.Future[None]]
+    _is_shutdown = False  # read by asyncio.Queue's methods on Python 3.13+
+
+    def __init__(self) -> None:
+        # Not asyncio.Queue.__init__: it also makes a deque for waiting
+        # putters and an Event for join(), about 1.4 KB per worker that
+        # nothing uses here (no maxsize, so put() never waits; nobody joins).
+        # The putters are one shared deque that stays empty.
+        self._maxsize = 0
+        self._unfinished_tasks = 0
+        self._queue = deque()
+        self._getters = deque()
+        self._putters = _NOBODY
+
+    idle_since = 0
+    """For an inbox in the idle-worker queue: the core's sweep count when it was put there."""
 
     def put_nowait(self, item: T) -> None:
         self._queue.append(item)
@@ -226,6 +260,9 @@ class Core:
         "_spares",
         "_stopping",
         "_submitted",
+        "_sweep_timer",
+        "_sweeps",
+        "_unstarted",
         "_succeeded",
         "_timed_out",
         "_wait_samples",
@@ -284,8 +321,13 @@ class Core:
 
         self._idle_inboxes: LeanQueue[Inbox] = LeanQueue()
         self._idle_count = 0  # its qsize(), kept here: the hot path reads it per job
-        self._workers: list[Worker] = []
+        # The started workers (spares included), by inbox: a retiring
+        # worker is found in O(1), and the order is the order they started.
+        self._workers: dict[Inbox, Worker] = {}
         self._next_worker_index = 0
+        self._unstarted = size  # places of the pool with no worker started for them yet
+        self._sweeps = 0  # looks for idle workers to retire, so far
+        self._sweep_timer: asyncio.TimerHandle | None = None
         self._watchers: list[asyncio.Future[None]] = []  # job sources waiting for free workers
         self._blocked = 0  # workers whose job waits for a job of this pool not yet started
         self._spares = 0  # workers lent while every other one is blocked so (fork/join)
@@ -366,8 +408,9 @@ class Core:
         """Facts for `asyncpool._testing.internals`."""
         return {
             "runner": self._runner,
-            "worker_tasks": tuple(w.task for w in self._workers),
+            "worker_tasks": tuple(w.task for w in self._workers.values()),
             "idle_workers": self._idle_count,
+            "unstarted_workers": self._unstarted,
             "retiring": self._retiring,
             "queue_entries": len(self._jobs) + len(self._lanes),
             "dead_entries": self._dead,
@@ -376,26 +419,32 @@ class Core:
             "reserved_places": self._reserved,
             "held_keys": len(self._keys),
             "rate_timer_pending": self._rate_timer is not None,
+            "sweep_timer_pending": self._sweep_timer is not None,
         }
 
     # ------------------------------------------------------------ workers
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Bind to the running loop and make the first workers (not started yet)."""
+        """Bind to the running loop and make the first `CORE_WORKERS` workers (not started yet)."""
         self._loop = loop
         # The default loop's time() is time.monotonic() behind a Python call;
         # call it directly on the hot path. Other loops keep their own clock.
         self._now = time.monotonic if type(loop).time is _BASE_LOOP_TIME else loop.time
         if self._bucket is not None:
             self._bucket.restart(loop.time())
-        self._workers = [Worker(self, i) for i in range(self._size)]
-        self._next_worker_index = self._size
+        first = min(self._size, CORE_WORKERS)
+        self._workers = {}
+        for index in range(first):
+            worker = Worker(self, index)
+            self._workers[worker.inbox] = worker
+        self._next_worker_index = first
+        self._unstarted = self._size - first
 
     def spawn_all(self, group: asyncio.TaskGroup, runner: asyncio.Task[None], label: str) -> None:
         """Start every worker and the dispatcher loop in `group`, hosted by `runner`."""
         self._group = group
         self._runner = runner
-        for worker in self._workers:
+        for worker in self._workers.values():
             group.create_task(worker.run(), name=f"{label} worker {worker.index}")
         group.create_task(self._dispatch_loop(), name=f"{label} loop")
 
@@ -429,22 +478,67 @@ class Core:
         # them would run more jobs at once than `size`.
         kept = min(self._retiring, size - old)
         self.retiring = self._retiring - kept
-        for _ in range(size - old - kept):
-            self._add_worker("worker")
+        self._unstarted += size - old - kept
+        # The new places get workers as the pool needs them: up to
+        # CORE_WORKERS at once, and one for each job waiting now.
+        started = size - self._unstarted
+        wanted = max(min(size, CORE_WORKERS) - started, 0 if self._idle_count else self._backlog)
+        for _ in range(min(wanted, self._unstarted)):
+            self._start_worker()
+        self.route()
         self._wake_watchers()
 
-    def _add_worker(self, kind: str) -> None:
+    def _start_worker(self) -> None:
+        """Start a worker for one of the pool's unstarted places, registered as idle.
+
+        A job waits and no worker is idle: the caller routes the job to this
+        worker's inbox, as to any idle worker's, so the job never counts
+        against `queue_size` while a place of the pool is free.
+        """
+        self._unstarted -= 1
+        worker = self._add_worker("worker", registered=True)
+        self._idle_count += 1
+        worker.inbox.idle_since = self._sweeps
+        self._idle_inboxes._queue.append(worker.inbox)
+        if self._sweep_timer is None and self._size - self._unstarted > CORE_WORKERS:
+            self._sweep_timer = self._loop.call_later(IDLE_SWEEP, self._sweep)
+
+    def _sweep(self) -> None:
+        """Retire the idle workers above `CORE_WORKERS` not used since the last look."""
+        self._sweep_timer = None
+        if self._stopping or self._group is None:
+            return
+        self._sweeps += 1
+        stale = self._sweeps - 1  # idle since before the last look
+        idle = self._idle_inboxes
+        # The idle queue is in the order the workers went idle: the stale ones lead.
+        while (
+            self._idle_count
+            and self._size - self._unstarted > CORE_WORKERS
+            and idle.peek().idle_since < stale
+        ):
+            self._idle_count -= 1
+            self._retire(idle.get_nowait())
+            self._unstarted += 1
+        if self._size - self._unstarted > CORE_WORKERS:
+            self._sweep_timer = self._loop.call_later(IDLE_SWEEP, self._sweep)
+
+    def _add_worker(self, kind: str, *, registered: bool = False) -> Worker:
         """Start one more worker in the task group."""
         assert self._group is not None
-        worker = Worker(self, self._next_worker_index)
+        worker = Worker(self, self._next_worker_index, registered=registered)
         self._next_worker_index += 1
-        self._workers.append(worker)
+        self._workers[worker.inbox] = worker
         self._group.create_task(worker.run(), name=f"{self.reporter.label} {kind} {worker.index}")
+        return worker
 
     def shrink(self, size: int) -> None:
         """Resize down to `size` workers: idle ones leave now, busy ones after their job."""
         leaving = self._size - size
         self._size = size
+        unstarted = min(leaving, self._unstarted)  # places with no worker go first
+        self._unstarted -= unstarted
+        leaving -= unstarted
         idle = self._idle_inboxes
         while leaving and self._idle_count:  # the longest idle first
             self._idle_count -= 1
@@ -454,7 +548,7 @@ class Core:
         # starting it would exceed the new size, so it goes back to the
         # front of the queue and the worker leaves. The workers holding
         # the newest jobs leave, so that no job starts before an older one.
-        holders = [w for w in self._workers if w.current is None and not w.inbox.empty()]
+        holders = [w for w in self._workers.values() if w.current is None and not w.inbox.empty()]
         holders.sort(key=_newest_held_first)
         taken_back = []
         for worker in holders[:leaving]:
@@ -482,10 +576,7 @@ class Core:
 
     def _retire(self, inbox: Inbox) -> None:
         """Tell the worker that owns `inbox` to stop, and forget it."""
-        for worker in self._workers:
-            if worker.inbox is inbox:
-                self._workers.remove(worker)
-                break
+        self._workers.pop(inbox, None)
         inbox.put_nowait(None)
 
     # ------------------------------------------------------------ submitting
@@ -553,6 +644,9 @@ class Core:
             # A worker is idle: hand the job over now (one event-loop turn to
             # its start), not through a wake-up of the dispatcher loop (two).
             self.route()
+        elif self._unstarted:
+            self._start_worker()
+            self.route()
         return handle
 
     async def wait_for_room(self) -> None:
@@ -610,8 +704,7 @@ class Core:
         # It has waited since it was submitted: among its priority it goes
         # before the jobs submitted after it (its order is its id).
         self._push_prioritized(handle, following)
-        if self._idle_count:
-            self._wake_loop()
+        self._wake_or_start()
 
     # -------------------------------------------------------------- routing
 
@@ -622,7 +715,7 @@ class Core:
         `next_job_for`, its special case, are where every scheduling
         decision is made.
         """
-        idle = self._idle_inboxes
+        idle = self._idle_inboxes._queue
         bucket = self._bucket
         while self._idle_count and (self._jobs or self._prioritized):
             if bucket is not None and not self._take_token(bucket):
@@ -634,7 +727,16 @@ class Core:
                 return
             self._idle_count -= 1
             handle._handed_over = True  # in an inbox: cancelling it must not touch the queue
-            idle.get_nowait().put_nowait(handle)
+            # A copy of LeanQueue.get_nowait and put_nowait, inlined: this is
+            # the wake-up of an idle worker, once per job in a bursty pool.
+            inbox = idle.popleft()
+            inbox._queue.append(handle)
+            getters = inbox._getters
+            while getters:
+                getter = getters.popleft()
+                if not getter.done():  # else the worker was cancelled while idle
+                    getter.set_result(None)
+                    break
 
     def next_job_for(self, inbox: Inbox) -> JobHandle[Any] | None:
         """A worker is free: give it a job to start now, or register it as idle.
@@ -684,7 +786,9 @@ class Core:
                     return handle
                 self._dead -= 1  # cancelled while it waited
         self._idle_count += 1
-        self._idle_inboxes.put_nowait(inbox)
+        inbox.idle_since = self._sweeps
+        # Nobody waits on the idle-worker queue: an append is its put_nowait.
+        self._idle_inboxes._queue.append(inbox)
         if jobs or self._prioritized:
             self.route()
         return None
@@ -961,7 +1065,14 @@ class Core:
         self._backlog += 1
         opts.order = self._submitted  # behind every job accepted so far
         self._push_prioritized(handle, opts)
+        self._wake_or_start()
+
+    def _wake_or_start(self) -> None:
+        """A job was queued outside `enqueue`: route it, or start a worker for it."""
         if self._idle_count:
+            self._wake_loop()
+        elif self._unstarted and not self._stopping and self._group is not None:
+            self._start_worker()
             self._wake_loop()
 
     def cancel_queued(self, handle: JobHandle[Any], msg: Any) -> None:
@@ -1059,7 +1170,9 @@ class Core:
 
     def running(self) -> list[tuple[asyncio.Task[None], JobHandle[Any]]]:
         """The workers running a job now: each one's task and its job."""
-        return [(w.task, w.current) for w in self._workers if w.current is not None and w.task]
+        return [
+            (w.task, w.current) for w in self._workers.values() if w.current is not None and w.task
+        ]
 
     def begin_cancelling(self) -> None:
         """Every job must end now; none may start (queued jobs are cancelled as they come)."""
@@ -1075,8 +1188,11 @@ class Core:
         while self._idle_count:
             self._idle_count -= 1
             self._idle_inboxes.get_nowait()
-        for worker in self._workers:
+        for worker in self._workers.values():
             worker.release_inbox()
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         if self._rate_timer is not None:
             self._rate_timer.cancel()
             self._rate_timer = None
@@ -1094,11 +1210,13 @@ class Worker:
     top (`Core.next_job_for`).
     """
 
-    __slots__ = ("core", "index", "inbox", "current", "task", "waiting")
+    __slots__ = ("core", "index", "inbox", "current", "task", "waiting", "registered")
 
-    def __init__(self, core: Core, index: int) -> None:
+    def __init__(self, core: Core, index: int, *, registered: bool = False) -> None:
         self.core = core
         self.index = index
+        self.registered = registered
+        """Its inbox was put in the idle-worker queue when it was made (its first step waits)."""
         self.inbox: Inbox = LeanQueue()
         self.current: JobHandle[Any] | None = None
         """The job this worker is running, if any."""
@@ -1129,16 +1247,38 @@ class Worker:
         running_worker.set(self)
         cancelling = task.cancelling  # bound once: a method call on a task is slow to look up
         now = core._now
+        # The inbox's wait, inlined (asyncio.Queue.get costs a coroutine and
+        # four calls per wake-up): a future in the inbox's getters, which
+        # Core.route completes. Cancelled, it stays there and route skips it.
+        loop = core._loop
+        new_future = (
+            partial(asyncio.Future, loop=loop)
+            if type(loop).create_future is _BASE_CREATE_FUTURE
+            else loop.create_future
+        )
+        waiting = inbox._queue
+        getters = inbox._getters
         # When this worker last became free: the start time of a job it takes
         # in the same step (one clock read per job fewer on the busy path).
         free_at = now()
+        # A worker started for a job begins registered as idle, its job in
+        # its inbox (Core._start_worker): its first step is the wait.
+        registered = self.registered
         try:
             while True:
-                handle = core.next_job_for(inbox)
+                if registered:
+                    registered = False
+                    handle = None
+                else:
+                    handle = core.next_job_for(inbox)
                 if handle is None:
-                    if core._stopping:
+                    if core._stopping and not waiting:
                         return
-                    handle = await inbox.get()
+                    while not waiting:
+                        getter = new_future()
+                        getters.append(getter)
+                        await getter
+                    handle = waiting.popleft()
                     if handle is None:
                         return
                     free_at = now()

@@ -32,7 +32,14 @@ from ._intake import Intake
 from ._job import ON_LOOP
 from ._lifecycle import Lifecycle, State
 from ._map import map_results
-from ._options import RESERVED_OPTIONS, check_retry, check_timeout, check_workers, pop_options
+from ._options import (
+    RESERVED_OPTIONS,
+    check_retry,
+    check_timeout,
+    check_workers,
+    default_queue_size,
+    pop_options,
+)
 from ._policies import TokenBucket
 from ._reporting import Reporter
 from ._retry import Retry, as_float, shown
@@ -90,7 +97,9 @@ class Dispatcher:
     Args:
         workers: How many jobs may run at once (>= 1).
         queue_size: How many jobs may wait for a worker before `submit` waits
-            for room; 0 means unbounded.
+            for room; 0 means unbounded. None (the default) means 1024, or
+            16 per worker above 64 workers (a queue as deep as a large pool is wide makes every
+            burst of jobs wake one idle worker per job).
         fail_fast: If True, the first job failure cancels every other job and
             the body of `async with`, which then raises an `ExceptionGroup`
             with the failure(s): the semantics of `asyncio.TaskGroup`.
@@ -124,8 +133,8 @@ class Dispatcher:
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: `workers` < 1 or above `MAX_WORKERS` (1,000,000; an idle
-            worker takes about 5 KB), `queue_size` < 0, `sync_in` is neither
+        ValueError: `workers` < 1 or above `MAX_WORKERS` (1,000,000; a
+            started worker takes about 5 KB), `queue_size` < 0, `sync_in` is neither
             `"thread"` nor `"process"`, `timeout` or `rate_limit` is not > 0,
             `rate_burst` < 1, or `rate_burst` is given without `rate_limit`.
     """
@@ -147,7 +156,7 @@ class Dispatcher:
         self,
         workers: int = 8,
         *,
-        queue_size: int = 1024,
+        queue_size: int | None = None,
         fail_fast: bool = False,
         on_error: Callable[[JobHandle[Any], BaseException], object] | None = None,
         name: str | None = None,
@@ -159,7 +168,10 @@ class Dispatcher:
         instruments: Sequence[Instrument] = (),
     ) -> None:
         check_workers(workers)
-        _check_int("queue_size", queue_size, 0)
+        if queue_size is None:
+            queue_size = default_queue_size(workers)
+        else:
+            _check_int("queue_size", queue_size, 0)
         if not isinstance(fail_fast, bool):
             raise TypeError(f"fail_fast must be a bool, got {fail_fast!r}")
         if on_error is not None and not callable(on_error):

@@ -31,6 +31,8 @@ class Internals:
         worker_tasks: The tasks of the workers in the pool, oldest first
             (workers that a shrink has retired are gone from it).
         idle_workers: Inboxes registered in the idle-worker queue.
+        unstarted_workers: Places of the pool with no worker started for
+            them (above `CORE_WORKERS`, workers start as jobs need them).
         retiring: Busy workers that leave when their job ends (a shrink).
         queue_entries: Entries in the job queue and the priority heap,
             cancelled ("dead") ones included.
@@ -41,12 +43,15 @@ class Internals:
         held_keys: Keys with a job that holds them (the key table's size).
         remembered_job_classes: Job classes whose `process` submit remembers.
         rate_timer_pending: A rate-limit timer is set to route again.
+        sweep_timer_pending: A timer is set to retire idle workers above
+            `CORE_WORKERS`.
         thread_limit: The worker-thread limiter's size (None before start).
     """
 
     runner: asyncio.Task[None] | None
     worker_tasks: tuple[asyncio.Task[None] | None, ...]
     idle_workers: int
+    unstarted_workers: int
     retiring: int
     queue_entries: int
     dead_entries: int
@@ -56,6 +61,7 @@ class Internals:
     held_keys: int
     remembered_job_classes: int
     rate_timer_pending: bool
+    sweep_timer_pending: bool
     thread_limit: float | None
 
 

@@ -106,7 +106,7 @@ async def lifespan(
     app: Starlette,
     *,
     workers: int = 8,
-    queue_size: int = 1024,
+    queue_size: int | None = None,
     grace: float | None = DEFAULT_GRACE,
     watch_signals: bool = True,
     **dispatcher_options: Any,
@@ -147,7 +147,8 @@ async def lifespan(
     Args:
         app: The Starlette or FastAPI application.
         workers: How many jobs run at once (the dispatcher's `workers`).
-        queue_size: How many jobs may wait (the dispatcher's `queue_size`).
+        queue_size: How many jobs may wait (the dispatcher's `queue_size`;
+            None, the default, is the dispatcher's default).
         grace: Seconds that queued and running jobs get to finish at
             shutdown, a finite number >= 0; 0 cancels them at once; None
             waits as long as they take.
@@ -203,7 +204,7 @@ def dispatcher_lifespan(
     /,
     *,
     workers: int = 8,
-    queue_size: int = 1024,
+    queue_size: int | None = None,
     grace: float | None = DEFAULT_GRACE,
     watch_signals: bool = True,
     **dispatcher_options: Any,
@@ -214,7 +215,7 @@ def dispatcher_lifespan(
     /,
     *,
     workers: int = 8,
-    queue_size: int = 1024,
+    queue_size: int | None = None,
     grace: float | None = DEFAULT_GRACE,
     watch_signals: bool = True,
     **dispatcher_options: Any,
@@ -224,7 +225,7 @@ def dispatcher_lifespan(
     /,
     *,
     workers: int = 8,
-    queue_size: int = 1024,
+    queue_size: int | None = None,
     grace: float | None = DEFAULT_GRACE,
     watch_signals: bool = True,
     **dispatcher_options: Any,
@@ -258,7 +259,8 @@ def dispatcher_lifespan(
         app_lifespan: Your own lifespan (a function of the application that
             returns an async context manager), or None.
         workers: How many jobs run at once.
-        queue_size: How many jobs may wait; 0 means unbounded.
+        queue_size: How many jobs may wait; 0 means unbounded, None the
+            dispatcher's default (1024, or 16 per worker above 64 workers).
         grace: Seconds jobs get to finish at shutdown before the rest are
             cancelled, a finite number >= 0; None waits as long as they take.
         watch_signals: Whether to learn of SIGINT and SIGTERM in front of

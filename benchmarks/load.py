@@ -11,6 +11,9 @@ checks its own results (counts, sums, order), and prints what it measured:
 * ``map``: ``Dispatcher.map`` over ``itertools.count()`` (an endless input),
   window 64, stopped after 1,000,000 results, taken in order; memory sampled
   every 100,000 results must stay flat.
+* ``idle``: a started ``Dispatcher(workers=100_000)`` with nothing to do:
+  its resident memory above the process's before it started must stay under
+  20 MiB (workers above the first 64 start only when jobs need them).
 * ``keys``: 100,000 jobs with ``key=i % 100`` and a priority per key, some
   failing once (retried), some timing out once (retried): jobs of one key
   must never overlap and must start in submission order.
@@ -19,7 +22,7 @@ The process exits with status 1 if any check fails (a wrong count, sum or
 order, or memory that grows by more than ``--max-growth`` MiB between the
 first and the last sample).
 
-    python benchmarks/load.py [--loop asyncio,uvloop] [--scenario jobs,sleepers,map,keys]
+    python benchmarks/load.py [--loop asyncio,uvloop] [--scenario jobs,sleepers,map,idle,keys]
                               [--scale 1.0] [--tracemalloc] [--max-growth 16]
 """
 
@@ -45,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asyncpool import Dispatcher, Retry
 
-SCENARIOS = ("jobs", "sleepers", "map", "keys")
+SCENARIOS = ("jobs", "sleepers", "map", "idle", "keys")
+IDLE_LIMIT = 20 * 1024 * 1024  # what an idle pool of 100,000 workers may add to the RSS
 MIB = 1024 * 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -145,6 +149,26 @@ async def scenario_sleepers(result: Result, sleep: float) -> None:
     # All at once, or it would take n * sleep / workers: allow generous overhead.
     result.check(result.seconds < sleep + 5, f"{result.seconds:.2f} s: they did not sleep at once")
     result.detail = f"{result.seconds - sleep:.3f} s over the {sleep:g} s sleep"
+
+
+async def scenario_idle(result: Result) -> None:
+    """A pool of 100,000 workers, started, with nothing to do: memory above the baseline."""
+    n = result.items
+    before = rss()
+    result.samples.append((0, before))
+    async with Dispatcher(n) as dispatcher:
+        for _ in range(3):  # the first workers start and register as idle
+            await asyncio.sleep(0)
+        during = rss()
+        result.samples.append((n, during))
+        stats = dispatcher.stats()
+    result.check(stats.idle == n, f"stats: {stats}")
+    grown = during - before
+    result.check(
+        grown < IDLE_LIMIT,
+        f"an idle Dispatcher({n:,}) added {mib(grown)} MiB to the RSS (limit {mib(IDLE_LIMIT)})",
+    )
+    result.detail = f"+{mib(grown)} MiB RSS for {n:,} idle workers"
 
 
 async def scenario_map(result: Result) -> None:
@@ -260,12 +284,19 @@ async def scenario_keys(result: Result) -> None:
 
 def run_child(name: str, loop: str, scale: float, sleep: float, trace: bool) -> Result:
     """Run one scenario in this process and measure it."""
-    items = {"jobs": 1_000_000, "sleepers": 10_000, "map": 1_000_000, "keys": 100_000}[name]
+    items = {
+        "jobs": 1_000_000,
+        "sleepers": 10_000,
+        "map": 1_000_000,
+        "idle": 100_000,
+        "keys": 100_000,
+    }[name]
     result = Result(name, loop, max(1, int(items * scale)))
     scenarios: dict[str, Callable[[Result], Coroutine[Any, Any, None]]] = {
         "jobs": scenario_jobs,
         "sleepers": lambda r: scenario_sleepers(r, sleep),
         "map": scenario_map,
+        "idle": scenario_idle,
         "keys": scenario_keys,
     }
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop

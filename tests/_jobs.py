@@ -70,11 +70,12 @@ def check_stats(dispatcher: asyncpool.Dispatcher) -> asyncpool.Stats:
 async def all_idle(dispatcher: asyncpool.Dispatcher) -> None:
     """Wait (a bounded number of loop turns) until every worker has registered as idle."""
     for _ in range(100):
-        if internals(dispatcher).idle_workers == dispatcher.workers:
+        if internals(dispatcher).idle_workers == len(internals(dispatcher).worker_tasks):
             return
         await asyncio.sleep(0)
     idle = internals(dispatcher).idle_workers
-    raise AssertionError(f"never all idle: {idle} of {dispatcher.workers}")
+    started = len(internals(dispatcher).worker_tasks)
+    raise AssertionError(f"never all idle: {idle} of {started} started workers")
 
 
 def state_of(handle: asyncpool.JobHandle[object]) -> asyncpool.JobState:

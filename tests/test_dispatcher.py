@@ -93,7 +93,9 @@ def test_bad_input_rate_burst_too_large_for_a_float_is_refused() -> None:
 
 # The most workers a dispatcher takes, as docs/reference/bad-input.md documents it.
 MOST_WORKERS = 1_000_000
-TOO_MANY = "^" + re.escape("workers must be <= 1000000 (an idle worker takes about 5 KB of memory")
+TOO_MANY = "^" + re.escape(
+    "workers must be <= 1000000 (a started worker takes about 5 KB of memory"
+)
 
 
 # Regression (issue 16): Dispatcher(10**12) was accepted, then start() ran out of memory.
