@@ -102,12 +102,21 @@ async def floor(work: Workload, items: Sequence[Any], k: int) -> Result:
     return await queue_floor(work.start, items, k)
 
 
-def asyncpool_impl(queue_size: int) -> Impl:
+def new_dispatcher(k: int, queue_size: int | None) -> Dispatcher:
+    """`Dispatcher(k)`, with `queue_size` passed only when it is not None."""
+    if queue_size is None:
+        return Dispatcher(k)
+    return Dispatcher(k, queue_size=queue_size)
+
+
+def asyncpool_impl(queue_size: int | None) -> Impl:
+    """asyncpool with this `queue_size`; None: the default (the argument left out)."""
+
     async def run(work: Workload, items: Sequence[Any], k: int) -> Result:
         if work.name == "W1":
             n = len(items)
             return n, await throughput_asyncpool_run(queue_size)(n, k)
-        async with Dispatcher(k, queue_size=queue_size) as dispatcher:
+        async with new_dispatcher(k, queue_size) as dispatcher:
             if work.objects:
                 handles = [await dispatcher.submit(item) for item in items]
             else:
@@ -197,7 +206,7 @@ async def anyio_impl(work: Workload, items: Sequence[Any], k: int) -> Result:
 
 IMPLS: dict[str, Impl] = {
     "floor": floor,
-    "asyncpool (queue_size=1024)": asyncpool_impl(1024),
+    "asyncpool (default)": asyncpool_impl(None),
     "asyncpool (queue_size=0)": asyncpool_impl(0),
     "TaskGroup + Semaphore": taskgroup_semaphore,
     "aiojobs": aiojobs_impl,
@@ -205,7 +214,7 @@ IMPLS: dict[str, Impl] = {
     "aiometer": aiometer_impl,
     "anyio + CapacityLimiter": anyio_impl,
 }
-NOT_PEERS = ("floor", "asyncpool (queue_size=1024)", "asyncpool (queue_size=0)")
+NOT_PEERS = ("floor", "asyncpool (default)", "asyncpool (queue_size=0)")
 
 
 # -------------------------------------------------------------- W5: latency
@@ -245,9 +254,9 @@ async def floor_latency(k: int, samples: int) -> list[float]:
     return latencies
 
 
-async def asyncpool_latency(k: int, samples: int, queue_size: int) -> list[float]:
+async def asyncpool_latency(k: int, samples: int, queue_size: int | None) -> list[float]:
     latencies = []
-    async with Dispatcher(k, queue_size=queue_size) as dispatcher:
+    async with new_dispatcher(k, queue_size) as dispatcher:
         await asyncio.sleep(0)
         for _ in range(samples):
             t0 = time.perf_counter()
@@ -316,7 +325,7 @@ async def anyio_latency(k: int, samples: int) -> list[float]:
     return latencies
 
 
-def _with_queue_size(queue_size: int) -> Latency:
+def _with_queue_size(queue_size: int | None) -> Latency:
     async def run(k: int, samples: int) -> list[float]:
         return await asyncpool_latency(k, samples, queue_size)
 
@@ -327,7 +336,7 @@ def _with_queue_size(queue_size: int) -> Latency:
 # front, so "one job at a time to idle workers" has no meaning for it.
 LATENCY: dict[str, Latency] = {
     "floor": floor_latency,
-    "asyncpool (queue_size=1024)": _with_queue_size(1024),
+    "asyncpool (default)": _with_queue_size(None),
     "asyncpool (queue_size=0)": _with_queue_size(0),
     "TaskGroup + Semaphore": taskgroup_latency,
     "aiojobs": aiojobs_latency,

@@ -19,7 +19,29 @@ docs/explanation/benchmarks.md and docs/_static/ (unless --no-write).
     python benchmarks/peers.py [--quick] [--jobs N] [--workloads W1,W5]
                                [--workers 8,64,1024] [--loop asyncio,uvloop]
                                [--impls floor,aiojobs] [--repeat 3]
-                               [--render-only results.json] [--no-write]
+                               [--python PATH] [--json results.json]
+                               [--render-only results.json]
+                               [--compare other.json] [--no-write]
+
+--python PATH runs the children with that interpreter instead of this one
+(which then only schedules them and renders). The Python version and the
+package versions in the results are those that a child of PATH reports, and
+every measuring child reports its Python version too (checked).
+
+--compare JSON adds the saved results of a run on another interpreter (same
+workloads, loops and K): the versions table gets a column per interpreter and
+a table "Python X and Y side by side" puts the floor's rate and asyncpool's
+ratios (x floor, x fastest peer) under each interpreter next to each other.
+The other tables and the plots stay those of this run. It works with
+--render-only too. To measure on Python 3.13 and 3.11 and write the page:
+
+    python benchmarks/peers.py --python .venv-3.13/bin/python \
+        --json /tmp/p313.json --no-write
+    python benchmarks/peers.py --json /tmp/p311.json --compare /tmp/p313.json
+
+or re-render both without measuring:
+
+    python benchmarks/peers.py --render-only /tmp/p311.json --compare /tmp/p313.json
 """
 
 from __future__ import annotations
@@ -30,6 +52,7 @@ import gc
 import importlib.metadata
 import json
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -100,20 +123,39 @@ async def _coro(awaitable: Any) -> Any:
 # ------------------------------------------------------------------ parent
 
 
-def measure_once(workload: str, loop: str, k: int, impl: str, n: int) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", workload, loop, str(k), impl, str(n)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def run_child(python: str, arguments: list[str], what: str) -> dict[str, Any]:
+    """Run this file as a child under `python`; its last line of output is JSON."""
+    try:
+        done = subprocess.run(
+            [python, __file__, *arguments], capture_output=True, text=True, check=False
+        )
+    except OSError as error:
+        raise SystemExit(f"FAILED: cannot run {python}: {error}") from error
     if done.returncode != 0:
         raise SystemExit(
-            f"FAILED: {impl} on {workload} {loop} K={k} (exit {done.returncode}):\n"
-            f"{done.stdout[-2000:]}{done.stderr[-4000:]}"
+            f"FAILED: {what} (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-4000:]}"
         )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def measure_once(
+    python: str, expected_python: str, workload: str, loop: str, k: int, impl: str, n: int
+) -> dict[str, Any]:
+    arguments = ["--child", workload, loop, str(k), impl, str(n)]
+    result = run_child(python, arguments, f"{impl} on {workload} {loop} K={k}")
+    reported = result.pop("python")
+    if reported != expected_python:
+        raise SystemExit(
+            f"FAILED: {impl} on {workload} {loop} K={k} ran on Python {reported}, "
+            f"but {python} reported Python {expected_python}"
+        )
+    return result
+
+
+def child_versions(python: str) -> dict[str, Any]:
+    """The Python and package versions, and the executable, as `python` sees them."""
+    return run_child(python, ["--child-versions"], f"{python} reporting its versions")
 
 
 def versions() -> dict[str, str]:
@@ -145,6 +187,9 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         elif args.quick:
             n //= QUICK_DIVISOR
         sizes[workload] = n
+    found = child_versions(args.python)
+    python = found["versions"]["python"]
+    print(f"children run on Python {python} ({found['executable']})", flush=True)
     rows: list[dict[str, Any]] = []
     began = time.monotonic()
     for workload in workloads:
@@ -155,7 +200,11 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                 runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
                 for _ in range(args.repeat):
                     for name in names:
-                        runs[name].append(measure_once(workload, loop, k, name, sizes[workload]))
+                        runs[name].append(
+                            measure_once(
+                                args.python, python, workload, loop, k, name, sizes[workload]
+                            )
+                        )
                 for name in names:
                     row = {"workload": workload, "loop": loop, "k": k, "impl": name}
                     rows.append({**row, "runs": runs[name]})
@@ -164,7 +213,8 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {_cpus()} CPUs, {platform.system()}",
-        "versions": versions(),
+        "versions": found["versions"],
+        "python_executable": found["executable"],
         "repeat": args.repeat,
         "sizes": sizes,
         "seconds": round(time.monotonic() - began),
@@ -200,6 +250,8 @@ def summarise(block: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     if block[0]["workload"] == "W5":
         best = {r["impl"]: min(run["p50"] for run in r["runs"]) for r in block}
+        peer_p50s = [best[name] for name in best if name not in impls.NOT_PEERS]
+        fastest = min(peer_p50s) if peer_p50s else None
         for r in block:
             p50s = [run["p50"] for run in r["runs"]]
             out.append(
@@ -209,6 +261,7 @@ def summarise(block: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "p99": min(run["p99"] for run in r["runs"]),
                     "spread": (max(p50s) - min(p50s)) / statistics.mean(p50s),
                     "x_floor": best[r["impl"]] / best["floor"] if "floor" in best else None,
+                    "x_peer": best[r["impl"]] / fastest if fastest else None,
                 }
             )
         return out
@@ -266,17 +319,39 @@ def blocks(results: dict[str, Any], workload: str) -> list[list[dict[str, Any]]]
     return [[r for r in results["rows"] if _key(r) == key] for key in keys]
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any], other: dict[str, Any] | None = None) -> str:
+    """The results section: `results`' tables, and with `other` (a run on
+    another interpreter) a side-by-side table of the two."""
     v = results["versions"]
     sizes = results["sizes"]
     lines = [
         f"Measured {results['date']} on {results['machine']} (shared and noisy), "
         f"Python {v['python']}, best of {results['repeat']} runs, each in a fresh "
-        f"process; the whole run took {results['seconds'] / 60:.0f} minutes.",
-        "",
-        "| package | version |",
-        "| --- | --- |",
-        *(f"| {name} | {version} |" for name, version in v.items() if name != "python"),
+        f"process; the whole run took {_minutes(results)}."
+    ]
+    if other is None:
+        lines += [
+            "",
+            "| package | version |",
+            "| --- | --- |",
+            *(f"| {name} | {version} |" for name, version in v.items() if name != "python"),
+        ]
+    else:
+        ov = other["versions"]
+        where = "" if other["machine"] == results["machine"] else f" on {other['machine']}"
+        lines[0] += (
+            f" A second run on Python {ov['python']} (measured {other['date']}{where}, "
+            f"best of {other['repeat']}, {_minutes(other)}) is set beside it in the last "
+            f"section; the other tables and the plots are the Python {v['python']} run."
+        )
+        names = [n for n in dict.fromkeys([*v, *ov]) if n != "python"]
+        lines += [
+            "",
+            f"| package | Python {v['python']} | Python {ov['python']} |",
+            "| --- | --- | --- |",
+            *(f"| {n} | {v.get(n, '-')} | {ov.get(n, '-')} |" for n in names),
+        ]
+    lines += [
         "",
         "Jobs per run: "
         + ", ".join(f"{w} N = {n:,}" for w, n in sizes.items() if w != "W5")
@@ -329,16 +404,112 @@ def markdown(results: dict[str, Any]) -> str:
                     f"| {loop} | {k} | {name} | {s['p50'] * 1e6:.1f} | {s['p99'] * 1e6:.1f} "
                     f"| {s['spread']:.0%} | {_ratio(s['x_floor'])} |"
                 )
+    if other is not None:
+        lines += ["", *side_by_side(results, other)]
     return "\n".join(lines)
 
 
-def write_page(results: dict[str, Any]) -> None:
+def _minutes(results: dict[str, Any]) -> str:
+    return f"{results['seconds'] / 60:.0f} minutes"
+
+
+def _minor(results: dict[str, Any]) -> str:
+    return ".".join(results["versions"]["python"].split(".")[:2])
+
+
+def _version_key(results: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", results["versions"]["python"])[:3])
+
+
+Summaries = dict[tuple[str, str, int], dict[str, dict[str, Any]]]
+
+
+def _summaries(results: dict[str, Any]) -> Summaries:
+    """summarise() of every (workload, loop, K), by implementation."""
+    out: Summaries = {}
+    for workload in results["sizes"]:
+        for block in blocks(results, workload):
+            out[_key(block[0])] = {s["impl"]: s for s in summarise(block)}
+    return out
+
+
+# The columns of the side-by-side table: (implementation, ratio, heading).
+SIDE_BY_SIDE = [
+    ("asyncpool (default)", "x_floor", "default x floor"),
+    ("asyncpool (default)", "x_peer", "default x fastest peer"),
+    ("asyncpool (queue_size=0)", "x_floor", "queue_size=0 x floor"),
+    ("asyncpool (queue_size=0)", "x_peer", "queue_size=0 x fastest peer"),
+]
+
+
+def side_by_side(results: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """A table with both interpreters' floor and asyncpool ratios in each cell
+    (the older Python first), for every (workload, loop, K) of either run."""
+    runs = sorted([results, other], key=_version_key)
+    tables = [_summaries(run) for run in runs]
+    names = [f"Python {run['versions']['python']}" for run in runs]
+    keys = list(dict.fromkeys([*tables[0], *tables[1]]))
+    missing = [key for key in keys if not all(key in table for table in tables)]
+    if missing:
+        print(f"warning: only one of the two runs has {missing}", file=sys.stderr)
+    lines = [
+        f"### Python {_minor(runs[0])} and {_minor(runs[1])} side by side",
+        "",
+        f"Each cell is *{names[0]} / {names[1]}*. *default* is asyncpool (default) and "
+        "*queue_size=0* is asyncpool (queue_size=0); each ratio is against the floor and "
+        "the fastest peer measured on the same interpreter, as in the tables above. "
+        "W5's ratios are of the p50 latency (higher is slower).",
+    ]
+    shared = [w for w in runs[0]["sizes"] if w in runs[1]["sizes"]]
+    if any(runs[0]["sizes"][w] != runs[1]["sizes"][w] for w in shared):
+        print("warning: the two runs used different N", file=sys.stderr)
+        lines[-1] += (
+            " The two runs used different N: "
+            + "; ".join(
+                f"{name}: " + ", ".join(f"{w} {run['sizes'][w]:,}" for w in shared)
+                for name, run in zip(names, runs, strict=True)
+            )
+            + "."
+        )
+    headings = " | ".join(heading for _, _, heading in SIDE_BY_SIDE)
+    rule = " | ".join("---:" for _ in SIDE_BY_SIDE)
+    for latency in (False, True):
+        chosen = [key for key in keys if (key[0] == "W5") == latency]
+        if not chosen:
+            continue
+        floor = "floor p50 µs" if latency else "floor jobs/s"
+        lines += [
+            "",
+            f"| workload | loop | K | {floor} | {headings} |",
+            f"| --- | --- | ---: | ---: | {rule} |",
+        ]
+        for key in chosen:
+            rows = [table.get(key, {}) for table in tables]
+            floors = [row.get("floor") for row in rows]
+            cells = [
+                " / ".join(
+                    "-"
+                    if s is None
+                    else (f"{s['p50'] * 1e6:.1f}" if latency else f"{s['rate']:,.0f}")
+                    for s in floors
+                )
+            ]
+            for impl, ratio, _ in SIDE_BY_SIDE:
+                cells.append(
+                    " / ".join(_ratio(row[impl][ratio] if impl in row else None) for row in rows)
+                )
+            workload, loop, k = key
+            lines.append(f"| {workload} | {loop} | {k} | {' | '.join(cells)} |")
+    return lines
+
+
+def write_page(results: dict[str, Any], other: dict[str, Any] | None = None) -> None:
     text = PAGE.read_text()
     if START_MARK not in text or END_MARK not in text:
         raise SystemExit(f"{PAGE} lacks the markers {START_MARK} / {END_MARK}")
     head, rest = text.split(START_MARK, 1)
     _, tail = rest.split(END_MARK, 1)
-    PAGE.write_text(f"{head}{START_MARK}\n\n{markdown(results)}\n\n{END_MARK}{tail}")
+    PAGE.write_text(f"{head}{START_MARK}\n\n{markdown(results, other)}\n\n{END_MARK}{tail}")
     print(f"wrote the results into {PAGE.relative_to(ROOT)}")
 
 
@@ -400,7 +571,11 @@ def plot(results: dict[str, Any]) -> None:
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         workload, loop, k, impl, n = sys.argv[2:7]
-        print(json.dumps(child(workload, loop, int(k), impl, int(n))))
+        result = child(workload, loop, int(k), impl, int(n))
+        print(json.dumps({**result, "python": platform.python_version()}))
+        return
+    if sys.argv[1:2] == ["--child-versions"]:
+        print(json.dumps({"versions": versions(), "executable": sys.executable}))
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -413,11 +588,24 @@ def main() -> None:
     parser.add_argument("--impls", default="", help="comma-separated names; default all")
     parser.add_argument("--repeat", type=int)
     parser.add_argument("--json", default="/tmp/asyncpool-peers.json", help="raw results")
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        metavar="PATH",
+        help="interpreter the children run on (default: this one)",
+    )
     parser.add_argument("--render-only", metavar="JSON", help="re-render saved results")
+    parser.add_argument(
+        "--compare", metavar="JSON", help="saved results of another interpreter, side by side"
+    )
     parser.add_argument("--no-write", action="store_true", help="leave docs/ alone")
     args = parser.parse_args()
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
+    if args.render_only and args.python != sys.executable:
+        parser.error("--python runs children; --render-only runs none")
+    # Read before measuring: a bad path should not cost a whole run.
+    other = json.loads(Path(args.compare).read_text()) if args.compare else None
     if args.render_only:
         results = json.loads(Path(args.render_only).read_text())
     else:
@@ -425,9 +613,9 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(results, indent=1))
         print(f"\nraw results in {args.json}; {results['seconds']} s in all")
     print()
-    print(markdown(results))
+    print(markdown(results, other))
     if not args.no_write:
-        write_page(results)
+        write_page(results, other)
         plot(results)
 
 

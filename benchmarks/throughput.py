@@ -73,9 +73,12 @@ async def floor(n: int, k: int) -> int:
     return (await queue_floor(trivial, range(n), k))[1]
 
 
-def asyncpool_run(queue_size: int) -> Callable[[int, int], Coroutine[Any, Any, int]]:
+def asyncpool_run(queue_size: int | None) -> Callable[[int, int], Coroutine[Any, Any, int]]:
+    """asyncpool with this `queue_size`; None leaves the argument out (the default)."""
+
     async def run(n: int, k: int) -> int:
-        async with Dispatcher(k, queue_size=queue_size) as dispatcher:
+        dispatcher = Dispatcher(k) if queue_size is None else Dispatcher(k, queue_size=queue_size)
+        async with dispatcher:
             handles = [await dispatcher.submit(trivial, i) for i in range(n)]
             total = 0
             for handle in handles:
