@@ -91,7 +91,7 @@ def asyncpool_run(queue_size: int | None) -> Callable[[int, int], Coroutine[Any,
 IMPLEMENTATIONS: dict[str, Callable[[int, int], Awaitable[int]]] = {
     "floor": floor,
     "asyncpool (queue_size=0)": asyncpool_run(0),
-    "asyncpool (default 1024)": asyncpool_run(1024),
+    "asyncpool (default)": asyncpool_run(None),
 }
 
 

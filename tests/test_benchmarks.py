@@ -19,7 +19,7 @@ from benchmarks import instructions, peers, throughput
 # Peers come with the `bench` extra; asyncpool and the floor are always here.
 ALWAYS = [
     "floor",
-    "asyncpool (queue_size=1024)",
+    "asyncpool (default)",
     "asyncpool (queue_size=0)",
     "TaskGroup + Semaphore",
 ]
