@@ -1324,15 +1324,20 @@ class Worker:
                     # Balance our cancel() request, however the job ended: it
                     # may have swallowed the CancelledError, or turned it into
                     # another exception.
+                    # Read before uncancel(): from Python 3.13 on, an
+                    # uncancel() that brings the count to zero also drops a
+                    # request still pending.
+                    pending = getattr(task, "_must_cancel", False)
                     task.uncancel()
-                    if getattr(task, "_must_cancel", False):
+                    if pending:
                         # The job cancelled its own handle and never awaited
-                        # again, so the request is still pending on this task:
-                        # take delivery here, or the worker's next await gets
-                        # it. Like a task that cancels itself and returns, the
-                        # job ends cancelled.
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await asyncio.sleep(0)
+                        # again, so the request was still pending on this task:
+                        # take delivery here (3.11 and 3.12 keep it), or the
+                        # worker's next await gets it. Like a task that cancels
+                        # itself and returns, the job ends cancelled.
+                        if getattr(task, "_must_cancel", False):
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await asyncio.sleep(0)
                         if error is None:
                             error = asyncio.CancelledError()
                     if handle.done():  # close() abandoned it: it is final already
@@ -1358,6 +1363,15 @@ class Worker:
                     # timeout libraries do that); the request was the job's.
                     while task.cancelling():
                         task.uncancel()
+                    if getattr(task, "_must_cancel", False):
+                        # It returned without awaiting after its cancel(), so
+                        # the request is still pending (3.11 and 3.12; 3.13's
+                        # uncancel() drops it): taken here, it cannot cancel
+                        # the worker's next job.
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.sleep(0)
+                        if core.workers_cancelled():
+                            raise asyncio.CancelledError
         finally:
             self.release_inbox()
 

@@ -664,6 +664,31 @@ async def test_job_leaving_an_unbalanced_cancel_keeps_its_worker() -> None:
     assert isinstance(first.exception(), TimeoutError)
 
 
+# Regression (found running the suite on 3.13): on 3.11 and 3.12 the request
+# stayed pending on the worker's task and cancelled the next, unrelated job.
+async def test_job_cancelling_its_own_task_and_returning_spares_the_next_job() -> None:
+    """A job that calls current_task().cancel() and returns without awaiting: the next job runs."""
+
+    async def cancels_its_task() -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        return "returned"
+
+    async def innocent() -> str:
+        await asyncio.sleep(0)
+        return "innocent"
+
+    async with asyncpool.Dispatcher(workers=1) as d:
+        first = await d.submit(cancels_its_task)
+        second = await d.submit(innocent)
+        third = await d.submit(innocent)
+        assert await asyncio.wait_for(second, 10) == "innocent"
+        assert await asyncio.wait_for(third, 10) == "innocent"
+    assert first.result() == "returned"
+    assert check_stats(d).cancelled == 0
+
+
 # Regression: an idle worker kept a reference to its last job's result.
 async def test_idle_worker_keeps_nothing_of_its_last_job() -> None:
     """Once a job is done and its handle dropped, the idle worker keeps no reference to it."""
