@@ -1,12 +1,14 @@
 # The two commands of the README: `make demo` and `make test`.
 # Both create .venv with the running python3 and install from pyproject.toml.
+# `make test-all` (what CI runs) is `make test` and then the pytest suite on
+# each other supported Python present (OTHER_PYTHONS), each in its own venv.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: signatures demo demo-cluster bench-distributed test lint typecheck pytest docs dashboard-screenshots bench bench-instructions bench-peers soak stress load clean
+.PHONY: signatures demo demo-cluster bench-distributed test test-all lint typecheck pytest docs dashboard-screenshots bench bench-instructions bench-peers soak stress load clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +43,57 @@ pytest: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+# Every supported Python (pyproject.toml's classifiers): `make test` on the
+# one of .venv (3.11: lint, types, docs and pytest), then the pytest suite
+# alone on each of OTHER_PYTHONS that tools/find_python.sh finds (python3.X
+# on PATH, else pyenv's versions/X.Y.*), in .venv-X.Y, made and installed
+# like .venv (again when pyproject.toml changes). Lint, mypy and the docs
+# run once: they do not depend on the interpreter (mypy checks for
+# python_version 3.11, the oldest).
+#
+# A Python that is absent is reported and skipped, not a failure, under
+# CI=true too: CI runs on whatever machine the submitting session had, which
+# need not have pyenv's 3.12 and 3.13. The closing summary says which
+# versions ran and which did not. REQUIRE_ALL_PYTHONS=1 makes an absent one
+# fail the run instead.
+OTHER_PYTHONS ?= 3.12 3.13
+OTHER_VENVS := $(addprefix .venv-,$(OTHER_PYTHONS))
+.PHONY: $(OTHER_PYTHONS:%=pytest-%)
+
+test-all: test
+	@ran="$$($(BIN)/python -c 'import platform; print(platform.python_version())') (.venv)"; absent=; \
+	for version in $(OTHER_PYTHONS); do \
+		if interpreter=$$(sh tools/find_python.sh $$version); then \
+			echo "test-all: pytest on Python $$version ($$interpreter, in .venv-$$version)"; \
+			$(MAKE) --no-print-directory pytest-$$version \
+				|| { echo "test-all: pytest failed on Python $$version" >&2; exit 1; }; \
+			ran="$$ran, $$(.venv-$$version/bin/python -c 'import platform; print(platform.python_version())') (.venv-$$version)"; \
+		else \
+			echo "test-all: NOTICE: no Python $$version on this machine (python$$version, pyenv): its tests did not run" >&2; \
+			absent="$$absent $$version"; \
+		fi; \
+	done; \
+	echo "test-all: pytest ran on Python $$ran"; \
+	if [ -n "$$absent" ]; then \
+		echo "test-all: NOTICE: absent, not tested:$$absent" >&2; \
+		if [ "$(REQUIRE_ALL_PYTHONS)" = 1 ]; then exit 1; fi; \
+	fi
+
+$(OTHER_VENVS:%=%/bin/python): .venv-%/bin/python:
+	@interpreter=$$(sh tools/find_python.sh $*) || { echo "no Python $* (tools/find_python.sh)" >&2; exit 1; }; \
+	echo "$$interpreter -m venv --clear .venv-$*"; \
+	$$interpreter -m venv --clear .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
+
+$(OTHER_VENVS:%=%/.installed): .venv-%/.installed: pyproject.toml | .venv-%/bin/python
+	.venv-$*/bin/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The pytest suite alone on Python X.Y (`make pytest-3.12`), from .venv-X.Y.
+$(OTHER_PYTHONS:%=pytest-%): pytest-%: .venv-%/.installed
+	@sh tools/ensure_chromium.sh
+	.venv-$*/bin/python -m pytest $(PYTEST_ARGS)
 
 # The dashboard's pictures in docs/howto/watch-your-pool.md (docs/_static/dashboard-*.png):
 # the browser tests, saving each page they show at 1280x800. Needs Chromium
@@ -105,4 +158,4 @@ signatures: $(STAMP)
 	$(BIN)/python tools/generate_signatures.py
 
 clean:
-	rm -rf $(VENV) docs/_build .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OTHER_VENVS) docs/_build .mypy_cache .pytest_cache .ruff_cache
