@@ -500,8 +500,12 @@ class Core:
         self._idle_count += 1
         worker.inbox.idle_since = self._sweeps
         self._idle_inboxes._queue.append(worker.inbox)
-        if self._sweep_timer is None and self._size - self._unstarted > CORE_WORKERS:
+        if self._sweep_timer is None and self._above_core():
             self._sweep_timer = self._loop.call_later(IDLE_SWEEP, self._sweep)
+
+    def _above_core(self) -> bool:
+        """More workers are started for the pool's places than the first `CORE_WORKERS`."""
+        return self._size - self._unstarted > CORE_WORKERS
 
     def _sweep(self) -> None:
         """Retire the idle workers above `CORE_WORKERS` not used since the last look."""
@@ -512,15 +516,11 @@ class Core:
         stale = self._sweeps - 1  # idle since before the last look
         idle = self._idle_inboxes
         # The idle queue is in the order the workers went idle: the stale ones lead.
-        while (
-            self._idle_count
-            and self._size - self._unstarted > CORE_WORKERS
-            and idle.peek().idle_since < stale
-        ):
+        while self._idle_count and self._above_core() and idle.peek().idle_since < stale:
             self._idle_count -= 1
             self._retire(idle.get_nowait())
             self._unstarted += 1
-        if self._size - self._unstarted > CORE_WORKERS:
+        if self._above_core():
             self._sweep_timer = self._loop.call_later(IDLE_SWEEP, self._sweep)
 
     def _add_worker(self, kind: str, *, registered: bool = False) -> Worker:

@@ -52,10 +52,7 @@ class KeepsDeadLetters(abc.ABC):
             LookupError: no dead letter has that id, or `letter` is gone
                 (deleted or requeued already).
         """
-        self._check_open()
-        if isinstance(letter, str):
-            letter = await self._latest_dead_letter(letter)
-        await self._dead_letter_store.requeue(letter)
+        await self._dead_letter_store.requeue(await self._named(letter))
 
     async def delete_dead_letter(self, letter: DeadLetter | str) -> None:
         """Remove a dead letter for good: its job is not run again (its terminal record stays).
@@ -66,10 +63,14 @@ class KeepsDeadLetters(abc.ABC):
             LookupError: no dead letter has that id, or `letter` is gone
                 (deleted or requeued already).
         """
+        await self._dead_letter_store.delete_dead_letter(await self._named(letter))
+
+    async def _named(self, letter: DeadLetter | str) -> DeadLetter:
+        """`letter`, or the latest dead letter with that job id (the broker must be open)."""
         self._check_open()
         if isinstance(letter, str):
-            letter = await self._latest_dead_letter(letter)
-        await self._dead_letter_store.delete_dead_letter(letter)
+            return await self._latest_dead_letter(letter)
+        return letter
 
     async def _latest_dead_letter(self, job_id: str) -> DeadLetter:
         matches = [d for d in await self.dead_letters() if d.id == job_id]
